@@ -1,0 +1,99 @@
+// Input checks shared by the CPU and CUDA kernels. The Python wrappers validate values (id ranges, NaN)
+// with friendlier messages; these checks keep a kernel called directly (or with validate=False) from
+// reading out of bounds or misinterpreting a layout.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+namespace fairlit {
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fairlit: `", name, "` must be a floating tensor, got ",
+              t.scalar_type());
+}
+
+inline void check_index(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "fairlit: `", name, "` must be int64, got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* na, const char* nb) {
+  TORCH_CHECK(a.device() == b.device(), "fairlit: `", na, "` is on ", a.device(), " but `", nb, "` is on ",
+              b.device());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.dim() == dim, "fairlit: `", name, "` must have ", dim, " dimensions, got shape ", t.sizes());
+}
+
+// Numerically stable softplus and sigmoid in the accumulation type.
+template <typename acc_t>
+inline C10_HOST_DEVICE acc_t stable_softplus(acc_t x) {
+  return x > acc_t(0) ? x + ::log1p(::exp(-x)) : ::log1p(::exp(x));
+}
+
+template <typename acc_t>
+inline C10_HOST_DEVICE acc_t stable_sigmoid(acc_t x) {
+  if (x >= acc_t(0)) {
+    return acc_t(1) / (acc_t(1) + ::exp(-x));
+  }
+  acc_t e = ::exp(x);
+  return e / (acc_t(1) + e);
+}
+
+// Validation shared by the group_segment kernels (both devices).
+inline void check_group_inputs(const at::Tensor& values, const at::Tensor& groups, int64_t num_groups,
+                               const char* values_name) {
+  check_float(values, values_name);
+  check_index(groups, "groups");
+  check_dim(groups, 1, "groups");
+  check_same_device(values, groups, values_name, "groups");
+  TORCH_CHECK(num_groups >= 1, "fairlit: `num_groups` must be >= 1, got ", num_groups);
+  TORCH_CHECK(values.dim() >= 1 && values.size(0) == groups.size(0), "fairlit: `", values_name,
+              "` has ", (values.dim() >= 1 ? values.size(0) : 0), " rows but `groups` has ", groups.size(0));
+}
+
+inline void check_bpr_inputs(const at::Tensor& pos, const at::Tensor& neg, const at::Tensor& groups,
+                             const c10::optional<at::Tensor>& weight) {
+  check_float(pos, "pos");
+  check_float(neg, "neg");
+  check_dim(pos, 1, "pos");
+  TORCH_CHECK(neg.dim() == 1 || neg.dim() == 2, "fairlit: `neg` must be [N] or [N, M], got ", neg.sizes());
+  TORCH_CHECK(neg.size(0) == pos.size(0), "fairlit: `neg` has ", neg.size(0), " rows but `pos` has ",
+              pos.size(0));
+  TORCH_CHECK(pos.scalar_type() == neg.scalar_type(), "fairlit: `pos` and `neg` dtypes differ");
+  check_index(groups, "groups");
+  TORCH_CHECK(groups.dim() == 1 && groups.size(0) == pos.size(0), "fairlit: `groups` must be [N] with N = ",
+              pos.size(0));
+  check_same_device(pos, neg, "pos", "neg");
+  check_same_device(pos, groups, "pos", "groups");
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == pos.size(0), "fairlit: `weight` must be [N]");
+    TORCH_CHECK(weight->scalar_type() == pos.scalar_type(), "fairlit: `weight` dtype must match `pos`");
+    check_same_device(pos, *weight, "pos", "weight");
+  }
+}
+
+inline void check_embedding_inputs(const at::Tensor& user_emb, const at::Tensor& item_emb) {
+  check_float(user_emb, "user_emb");
+  check_float(item_emb, "item_emb");
+  check_dim(user_emb, 2, "user_emb");
+  check_dim(item_emb, 2, "item_emb");
+  TORCH_CHECK(user_emb.size(1) == item_emb.size(1), "fairlit: `user_emb` has dim ", user_emb.size(1),
+              " but `item_emb` has dim ", item_emb.size(1));
+  TORCH_CHECK(user_emb.scalar_type() == item_emb.scalar_type(), "fairlit: `user_emb` and `item_emb` dtypes differ");
+  check_same_device(user_emb, item_emb, "user_emb", "item_emb");
+}
+
+inline void check_candidates(const at::Tensor& candidates, int64_t batch) {
+  check_index(candidates, "candidates");
+  TORCH_CHECK(candidates.dim() == 1 || (candidates.dim() == 2 && candidates.size(0) == batch),
+              "fairlit: `candidates` must be [C] or [B, C] with B = ", batch, ", got ", candidates.sizes());
+}
+
+// Loss sums are accumulated and returned in float32 for half inputs: a sum of 1e5 per-sample losses
+// overflows float16.
+inline at::ScalarType loss_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+}  // namespace fairlit

@@ -1,0 +1,282 @@
+// CPU kernels of the ranking family: score_candidates (+ backward) and topk_scores.
+//
+// score_candidates: parallel over rows, one dot product per (row, candidate), never [B, C, d].
+// Its item gradient is a deterministic segmented sum: the B*C (row, candidate) pairs are bucketed by
+// item id with a counting sort, then each item sums its bucket in order (parallel over items).
+// topk_scores (full ranking): user rows x item tiles of bounded size are scored with one GEMM each and
+// folded into a per-row top-k list, so memory beyond the output is O(rows_per_tile * items_per_tile).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../checks.h"
+
+namespace fairlit {
+namespace {
+
+constexpr int64_t kRowTile = 256;
+constexpr int64_t kItemTile = 4096;
+
+at::Tensor expand_candidates(const at::Tensor& candidates, int64_t batch) {
+  return candidates.dim() == 1 ? candidates.unsqueeze(0).expand({batch, candidates.size(0)}).contiguous()
+                               : candidates.contiguous();
+}
+
+at::Tensor score_candidates_cpu(const at::Tensor& user_emb, const at::Tensor& item_emb,
+                                const at::Tensor& candidates) {
+  check_embedding_inputs(user_emb, item_emb);
+  check_candidates(candidates, user_emb.size(0));
+  const at::Tensor u = user_emb.contiguous(), it = item_emb.contiguous();
+  const at::Tensor cand = expand_candidates(candidates, u.size(0));
+  const int64_t batch = u.size(0), ncand = cand.size(1), dim = u.size(1), items = it.size(0);
+  at::Tensor out = at::empty({batch, ncand}, u.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fairlit_score_candidates_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* us = u.data_ptr<scalar_t>();
+    const scalar_t* is = it.data_ptr<scalar_t>();
+    const int64_t* cs = cand.data_ptr<int64_t>();
+    scalar_t* os = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* ub = us + b * dim;
+        for (int64_t c = 0; c < ncand; ++c) {
+          const int64_t id = cs[b * ncand + c];
+          TORCH_CHECK(id >= 0 && id < items, "fairlit: `candidates` contains item id ", id, "; expected ids in [0, ",
+                      items, ")");
+          const scalar_t* ib = is + id * dim;
+          acc_t acc = 0;
+          for (int64_t d = 0; d < dim; ++d) acc += static_cast<acc_t>(ub[d]) * static_cast<acc_t>(ib[d]);
+          os[b * ncand + c] = static_cast<scalar_t>(acc);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> score_candidates_backward_cpu(const at::Tensor& grad, const at::Tensor& user_emb,
+                                                                 const at::Tensor& item_emb,
+                                                                 const at::Tensor& candidates) {
+  check_embedding_inputs(user_emb, item_emb);
+  check_candidates(candidates, user_emb.size(0));
+  const at::Tensor u = user_emb.contiguous(), it = item_emb.contiguous(), g = grad.contiguous();
+  const at::Tensor cand = expand_candidates(candidates, u.size(0));
+  const int64_t batch = u.size(0), ncand = cand.size(1), dim = u.size(1), items = it.size(0);
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == batch && g.size(1) == ncand, "fairlit: grad must be [B, C]");
+  const int64_t* cs = cand.data_ptr<int64_t>();
+  const int64_t pairs = batch * ncand;
+
+  // Counting sort of the (row, candidate) pairs by item id; serial so that bucket order is pair order.
+  std::vector<int64_t> offset(static_cast<size_t>(items + 1), 0);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t id = cs[p];
+    TORCH_CHECK(id >= 0 && id < items, "fairlit: `candidates` contains item id ", id, "; expected ids in [0, ",
+                items, ")");
+    offset[id + 1] += 1;
+  }
+  for (int64_t i = 0; i < items; ++i) offset[i + 1] += offset[i];
+  std::vector<int64_t> order(static_cast<size_t>(pairs));
+  {
+    std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+    for (int64_t p = 0; p < pairs; ++p) order[fill[cs[p]]++] = p;
+  }
+
+  at::Tensor grad_user = at::empty_like(u);
+  at::Tensor grad_item = at::empty_like(it);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fairlit_score_candidates_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* us = u.data_ptr<scalar_t>();
+    const scalar_t* is = it.data_ptr<scalar_t>();
+    const scalar_t* gs = g.data_ptr<scalar_t>();
+    scalar_t* gu = grad_user.data_ptr<scalar_t>();
+    scalar_t* gi = grad_item.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 16, [&](int64_t b0, int64_t b1) {
+      std::vector<acc_t> acc(static_cast<size_t>(dim));
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t c = 0; c < ncand; ++c) {
+          const acc_t w = static_cast<acc_t>(gs[b * ncand + c]);
+          const scalar_t* ib = is + cs[b * ncand + c] * dim;
+          for (int64_t d = 0; d < dim; ++d) acc[d] += w * static_cast<acc_t>(ib[d]);
+        }
+        for (int64_t d = 0; d < dim; ++d) gu[b * dim + d] = static_cast<scalar_t>(acc[d]);
+      }
+    });
+    at::parallel_for(0, items, 64, [&](int64_t i0, int64_t i1) {
+      std::vector<acc_t> acc(static_cast<size_t>(dim));
+      for (int64_t i = i0; i < i1; ++i) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t q = offset[i]; q < offset[i + 1]; ++q) {
+          const int64_t p = order[q];
+          const acc_t w = static_cast<acc_t>(gs[p]);
+          const scalar_t* ub = us + (p / ncand) * dim;
+          for (int64_t d = 0; d < dim; ++d) acc[d] += w * static_cast<acc_t>(ub[d]);
+        }
+        for (int64_t d = 0; d < dim; ++d) gi[i * dim + d] = static_cast<scalar_t>(acc[d]);
+      }
+    });
+  });
+  return {grad_user, grad_item};
+}
+
+// A row's running top-k, kept sorted best-first. Order: higher score first, ties to the lower item id;
+// an empty slot (id -1) is worse than any item. V is float, or double for float64 embeddings (float keys
+// would merge distinct doubles).
+template <typename V>
+struct TopK {
+  V* val;
+  int64_t* idx;
+  int64_t k;
+
+  static bool better(V s, int64_t i, V s2, int64_t i2) {
+    if (i2 < 0) return i >= 0;
+    if (i < 0) return false;
+    return s > s2 || (s == s2 && i < i2);
+  }
+
+  void push(V s, int64_t id) {
+    if (!better(s, id, val[k - 1], idx[k - 1])) return;
+    int64_t pos = k - 1;
+    while (pos > 0 && better(s, id, val[pos - 1], idx[pos - 1])) {
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
+      --pos;
+    }
+    val[pos] = s;
+    idx[pos] = id;
+  }
+};
+
+// Row-wise sorted copy of the exclusion lists, so a row can be merged against items in id order.
+struct Exclusions {
+  std::vector<int64_t> ids;
+  std::vector<int64_t> indptr;
+
+  bool contains(int64_t b, int64_t id) const {
+    return !indptr.empty() && std::binary_search(ids.begin() + indptr[b], ids.begin() + indptr[b + 1], id);
+  }
+};
+
+Exclusions sorted_exclusions(const c10::optional<at::Tensor>& exclude_indptr,
+                             const c10::optional<at::Tensor>& exclude_indices, int64_t batch, int64_t items) {
+  TORCH_CHECK(exclude_indptr.has_value() == exclude_indices.has_value(),
+              "fairlit: pass both `exclude_indptr` and `exclude_indices`, or neither");
+  Exclusions ex;
+  if (!exclude_indptr.has_value()) return ex;
+  check_index(*exclude_indptr, "exclude_indptr");
+  check_index(*exclude_indices, "exclude_indices");
+  TORCH_CHECK(exclude_indptr->dim() == 1 && exclude_indptr->size(0) == batch + 1,
+              "fairlit: `exclude_indptr` must be [B + 1] with B = ", batch, ", got ", exclude_indptr->sizes());
+  const at::Tensor ip = exclude_indptr->contiguous(), ix = exclude_indices->contiguous();
+  const int64_t nnz = ix.numel();
+  ex.indptr.assign(ip.data_ptr<int64_t>(), ip.data_ptr<int64_t>() + batch + 1);
+  ex.ids.assign(ix.data_ptr<int64_t>(), ix.data_ptr<int64_t>() + nnz);
+  TORCH_CHECK(ex.indptr[0] == 0 && ex.indptr[batch] == nnz, "fairlit: `exclude_indptr` must start at 0 and end at ",
+              "len(exclude_indices) = ", nnz);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(ex.indptr[b] <= ex.indptr[b + 1], "fairlit: `exclude_indptr` must be non-decreasing (row ", b, ")");
+  }
+  for (int64_t e = 0; e < nnz; ++e) {
+    TORCH_CHECK(ex.ids[e] >= 0 && ex.ids[e] < items, "fairlit: `exclude_indices` contains item id ", ex.ids[e],
+                "; expected ids in [0, ", items, ")");
+  }
+  at::parallel_for(0, batch, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) std::sort(ex.ids.begin() + ex.indptr[b], ex.ids.begin() + ex.indptr[b + 1]);
+  });
+  return ex;
+}
+
+// Top-k among per-row candidate lists; V is the ranking type (float or double).
+template <typename V>
+void topk_candidates(const at::Tensor& scores, const at::Tensor& cand, const Exclusions& ex, V* vs, int64_t* xs,
+                     int64_t k) {
+  const int64_t batch = cand.size(0), ncand = cand.size(1);
+  const int64_t* cs = cand.data_ptr<int64_t>();
+  const at::Tensor s = scores.to(c10::CppTypeToScalarType<V>::value).contiguous();
+  const V* ss = s.data_ptr<V>();
+  at::parallel_for(0, batch, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      TopK<V> top{vs + b * k, xs + b * k, k};
+      for (int64_t c = 0; c < ncand; ++c) {
+        const int64_t id = cs[b * ncand + c];
+        if (!ex.contains(b, id)) top.push(ss[b * ncand + c], id);
+      }
+    }
+  });
+}
+
+// Full ranking: GEMM per (row tile, item tile), folded into the running lists; items arrive in id order,
+// so each row walks its sorted exclusion list once.
+template <typename V>
+void topk_full(const at::Tensor& user_emb, const at::Tensor& item_emb, const Exclusions& ex, V* vs, int64_t* xs,
+               int64_t k) {
+  const at::ScalarType rank_type = c10::CppTypeToScalarType<V>::value;
+  const int64_t batch = user_emb.size(0), items = item_emb.size(0);
+  const at::Tensor users_t = user_emb.to(rank_type), items_t = item_emb.to(rank_type);
+  std::vector<int64_t> cursor(static_cast<size_t>(batch), 0);
+  if (!ex.indptr.empty()) std::copy(ex.indptr.begin(), ex.indptr.end() - 1, cursor.begin());
+  for (int64_t r0 = 0; r0 < batch; r0 += kRowTile) {
+    const int64_t r1 = std::min(batch, r0 + kRowTile);
+    const at::Tensor u = users_t.slice(0, r0, r1);
+    for (int64_t i0 = 0; i0 < items; i0 += kItemTile) {
+      const int64_t i1 = std::min(items, i0 + kItemTile), width = i1 - i0;
+      // Scores are rounded to the embedding dtype, as a GEMM in that dtype returns them on the GPU.
+      const at::Tensor s = at::mm(u, items_t.slice(0, i0, i1).t()).to(user_emb.scalar_type()).to(rank_type);
+      const V* ss = s.data_ptr<V>();
+      at::parallel_for(r0, r1, 8, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          TopK<V> top{vs + b * k, xs + b * k, k};
+          const V* row = ss + (b - r0) * width;
+          int64_t cur = cursor[b];
+          const int64_t end = ex.indptr.empty() ? 0 : ex.indptr[b + 1];
+          for (int64_t j = 0; j < width; ++j) {
+            const int64_t id = i0 + j;
+            while (cur < end && ex.ids[cur] < id) ++cur;
+            if (cur < end && ex.ids[cur] == id) continue;
+            top.push(row[j], id);
+          }
+          cursor[b] = cur;
+        }
+      });
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& user_emb, const at::Tensor& item_emb, int64_t k,
+                                                   const c10::optional<at::Tensor>& candidates,
+                                                   const c10::optional<at::Tensor>& exclude_indptr,
+                                                   const c10::optional<at::Tensor>& exclude_indices) {
+  check_embedding_inputs(user_emb, item_emb);
+  TORCH_CHECK(k >= 1, "fairlit: `k` must be >= 1, got ", k);
+  const int64_t batch = user_emb.size(0), items = item_emb.size(0);
+  const Exclusions ex = sorted_exclusions(exclude_indptr, exclude_indices, batch, items);
+  const bool is_double = user_emb.scalar_type() == at::kDouble;
+  const at::ScalarType rank_type = is_double ? at::kDouble : at::kFloat;
+  at::Tensor val = at::full({batch, k}, -std::numeric_limits<double>::infinity(), user_emb.options().dtype(rank_type));
+  at::Tensor idx = at::full({batch, k}, -1, user_emb.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(rank_type, "fairlit_topk_scores_cpu", [&] {
+    if (candidates.has_value()) {
+      check_candidates(*candidates, batch);
+      const at::Tensor scores = score_candidates_cpu(user_emb, item_emb, *candidates);
+      topk_candidates<scalar_t>(scores, expand_candidates(*candidates, batch), ex, val.data_ptr<scalar_t>(),
+                                idx.data_ptr<int64_t>(), k);
+    } else {
+      topk_full<scalar_t>(user_emb.contiguous(), item_emb.contiguous(), ex, val.data_ptr<scalar_t>(),
+                          idx.data_ptr<int64_t>(), k);
+    }
+  });
+  return {val.to(user_emb.scalar_type()), idx};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fairlit, CPU, m) {
+  m.impl("score_candidates", &score_candidates_cpu);
+  m.impl("score_candidates_backward", &score_candidates_backward_cpu);
+  m.impl("topk_scores", &topk_scores_cpu);
+}
+
+}  // namespace fairlit

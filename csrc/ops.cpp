@@ -1,0 +1,25 @@
+// Every schema of the `fairlit` operator library: this file is the index of the public op API.
+// Implementations live in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu (TORCH_LIBRARY_IMPL);
+// fake kernels and autograd formulas are registered from Python (fairlit/ops/<family>.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty `fairlit._C` module: importing it loads this shared library, which runs the registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fairlit, m) {
+  // group_segment family
+  m.def("group_sum(Tensor values, Tensor groups, int num_groups) -> Tensor");
+  m.def("group_mean(Tensor values, Tensor groups, int num_groups) -> (Tensor, Tensor)");
+  m.def("group_bpr_loss(Tensor pos, Tensor neg, Tensor groups, int num_groups, Tensor? weight) -> (Tensor, Tensor)");
+  m.def("group_bpr_loss_backward(Tensor grad_loss, Tensor pos, Tensor neg, Tensor groups, Tensor? weight) -> (Tensor, Tensor)");
+  // ranking family
+  m.def("score_candidates(Tensor user_emb, Tensor item_emb, Tensor candidates) -> Tensor");
+  m.def("score_candidates_backward(Tensor grad, Tensor user_emb, Tensor item_emb, Tensor candidates) -> (Tensor, Tensor)");
+  m.def("topk_scores(Tensor user_emb, Tensor item_emb, int k, Tensor? candidates, Tensor? exclude_indptr, Tensor? exclude_indices) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,19 @@
+"""fairlit.ops: the stable public op API (fused C++/CUDA kernels registered with `torch.library`).
+
+| op | family file |
+|---|---|
+| group_sum, group_mean, group_bpr_loss | group_segment.py |
+| score_candidates, topk_scores | ranking.py |
+
+Each op has a pure-PyTorch twin with the same signature in `fairlit.ops.reference`, used when the
+compiled library is unavailable (one warning says why) and as the test oracle. `backend(name)` says
+which implementation runs.
+"""
+from ._library import HAS_EXT, backend
+from .group_segment import group_bpr_loss, group_mean, group_sum
+from .ranking import score_candidates, topk_scores
+
+OPS = ("group_sum", "group_mean", "group_bpr_loss", "score_candidates", "topk_scores")
+
+__all__ = ["HAS_EXT", "OPS", "backend", "group_bpr_loss", "group_mean", "group_sum", "score_candidates",
+           "topk_scores"]

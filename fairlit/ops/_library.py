@@ -1,0 +1,48 @@
+"""Loads the compiled library `fairlit._C` once and says which backend each op uses.
+
+If the library is missing, disabled (FAIRLIT_NO_EXT=1) or was built for another torch, one warning says
+what was expected and what was found, and every public op falls back to `fairlit.ops.reference`.
+"""
+import os
+import warnings
+
+import torch
+
+
+def _load() -> tuple[bool, str]:
+    if os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0"):
+        return False, "FAIRLIT_NO_EXT=1 is set"
+    try:
+        from fairlit import _build_info
+    except ImportError:
+        return False, ("fairlit._C is not installed (expected a build made by "
+                       "`pip install --no-build-isolation .`; found a pure-Python install)")
+    if _build_info.TORCH_VERSION != torch.__version__:
+        return False, (f"fairlit._C was built for torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
+                       "is installed; reinstall fairlit with `pip install --no-build-isolation .`")
+    try:
+        import fairlit._C  # noqa: F401  (loading the library runs the TORCH_LIBRARY registrations)
+    except ImportError as err:
+        return False, f"fairlit._C failed to load: {err}"
+    return True, ""
+
+
+HAS_EXT, UNAVAILABLE_REASON = _load()
+if not HAS_EXT:
+    warnings.warn(f"fairlit.ops: the compiled library is unavailable ({UNAVAILABLE_REASON}); every op uses its "
+                  "pure-PyTorch reference (fairlit.ops.reference).", RuntimeWarning, stacklevel=3)
+
+
+def has_op(name: str) -> bool:
+    """True when `torch.ops.fairlit.<name>` comes from the compiled library."""
+    return HAS_EXT and hasattr(torch.ops.fairlit, name)
+
+
+def backend(name: str) -> str:
+    """The implementation `fairlit.ops.<name>` runs: ``"cuda"`` (CUDA kernel and a visible GPU), ``"cpp"``
+    (compiled CPU kernel) or ``"reference"`` (pure PyTorch)."""
+    if not has_op(name):
+        return "reference"
+    if torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"fairlit::{name}", "CUDA"):
+        return "cuda"
+    return "cpp"

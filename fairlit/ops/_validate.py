@@ -1,0 +1,63 @@
+"""Argument checks shared by the public ops: errors name the argument and what was expected.
+
+Value checks (id ranges, NaN) read the data, which costs a host sync on CUDA; they are skipped with
+`validate=False` and while `torch.compile` traces (shape and dtype checks still run there).
+"""
+import torch
+
+
+def _reads_values() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def floating(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+
+
+def index(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"`{name}` must be an int64 tensor, got {t.dtype}")
+
+
+def same_device(*named: tuple[str, torch.Tensor]) -> None:
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(f"`{name}` is on {t.device} but `{first_name}` is on {first.device}")
+
+
+def same_dtype(*named: tuple[str, torch.Tensor]) -> None:
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"`{name}` has dtype {t.dtype} but `{first_name}` has {first.dtype}")
+
+
+def ndim(name: str, t: torch.Tensor, allowed: tuple[int, ...], shape_doc: str) -> None:
+    if t.dim() not in allowed:
+        raise ValueError(f"`{name}` must be {shape_doc}, got shape {tuple(t.shape)}")
+
+
+def positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+
+
+def id_range(name: str, ids: torch.Tensor, upper: int, what: str) -> None:
+    """Raise unless every id lies in [0, upper)."""
+    if ids.numel() == 0 or not _reads_values():
+        return
+    bad = (ids < 0) | (ids >= upper)
+    if bool(bad.any()):
+        first = ids[bad][0].item()
+        raise ValueError(f"`{name}` contains {what} {first}; expected ids in [0, {upper})")
+
+
+def finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and _reads_values() and bool(torch.isnan(t).any()):
+        raise ValueError(f"`{name}` contains NaN")

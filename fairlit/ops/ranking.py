@@ -1,0 +1,131 @@
+"""Ranking scores: `score_candidates` (fused gather-dot) and `topk_scores` (top-k with exclusions).
+
+Kernels: csrc/cpu/ranking.cpp, csrc/cuda/ranking.cu.
+"""
+import torch
+
+from . import _validate as check
+from . import reference
+from ._library import has_op
+
+
+def _check_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
+    check.floating("user_emb", user_emb)
+    check.floating("item_emb", item_emb)
+    check.ndim("user_emb", user_emb, (2,), "[B, d]")
+    check.ndim("item_emb", item_emb, (2,), "[I, d]")
+    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
+    check.same_device(("user_emb", user_emb), ("item_emb", item_emb))
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
+
+
+def _check_candidates(candidates: torch.Tensor, user_emb: torch.Tensor, num_items: int, validate: bool) -> None:
+    check.index("candidates", candidates)
+    check.same_device(("user_emb", user_emb), ("candidates", candidates))
+    if candidates.dim() == 2 and candidates.shape[0] != user_emb.shape[0]:
+        raise ValueError(f"`candidates` has {candidates.shape[0]} rows but `user_emb` has {user_emb.shape[0]}")
+    check.ndim("candidates", candidates, (1, 2), "[C] or [B, C]")
+    if validate:
+        check.id_range("candidates", candidates, num_items, "item id")
+
+
+def score_candidates(user_emb: torch.Tensor, item_emb: torch.Tensor, candidates: torch.Tensor, *,
+                     validate: bool = True) -> torch.Tensor:
+    r"""Scores of candidate items, :math:`s_{b,c} = u_b \cdot v_{\mathrm{candidates}_{b,c}}`, without
+    materialising [B, C, d].
+
+    Args:
+        user_emb: [B, d] float.
+        item_emb: [I, d] float, same dtype and device.
+        candidates: [B, C] per-row or [C] shared int64 item ids in [0, I).
+        validate: check item ids (a host sync on CUDA).
+
+    Returns:
+        [B, C] scores in the embedding dtype (float32 accumulation for half). Differentiable in both
+        embeddings; repeated item ids accumulate their gradients.
+    """
+    _check_embeddings(user_emb, item_emb)
+    _check_candidates(candidates, user_emb, item_emb.shape[0], validate)
+    if has_op("score_candidates"):
+        return torch.ops.fairlit.score_candidates(user_emb, item_emb, candidates)
+    return reference.score_candidates(user_emb, item_emb, candidates)
+
+
+def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidates: torch.Tensor | None = None,
+                exclude_indptr: torch.Tensor | None = None, exclude_indices: torch.Tensor | None = None, *,
+                validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The k best items per row by score :math:`u_b \cdot v_i`, without materialising [B, I].
+
+    Args:
+        user_emb: [B, d] float.
+        item_emb: [I, d] float.
+        k: number of items to return, >= 1.
+        candidates: None (rank all I items), [C] shared or [B, C] per-row item ids.
+        exclude_indptr: [B + 1] int64 CSR row pointers of items each row must never return.
+        exclude_indices: [nnz] int64 item ids (e.g. the user's training items).
+        validate: check ids and NaN (a host sync on CUDA).
+
+    Returns:
+        (values [B, k], indices [B, k] int64 item ids): descending scores, ties to the lower item id;
+        where fewer than k items are eligible the tail is (-inf, -1). Not differentiable.
+    """
+    _check_embeddings(user_emb, item_emb)
+    check.positive_int("k", k)
+    num_items = item_emb.shape[0]
+    if candidates is not None:
+        _check_candidates(candidates, user_emb, num_items, validate)
+    if (exclude_indptr is None) != (exclude_indices is None):
+        raise ValueError("pass both `exclude_indptr` and `exclude_indices`, or neither")
+    if exclude_indptr is not None:
+        check.index("exclude_indptr", exclude_indptr)
+        check.index("exclude_indices", exclude_indices)
+        check.same_device(("user_emb", user_emb), ("exclude_indptr", exclude_indptr),
+                          ("exclude_indices", exclude_indices))
+        if exclude_indptr.shape != (user_emb.shape[0] + 1,):
+            raise ValueError(f"`exclude_indptr` must be [B + 1] = [{user_emb.shape[0] + 1}], "
+                             f"got {tuple(exclude_indptr.shape)}")
+        check.ndim("exclude_indices", exclude_indices, (1,), "[nnz]")
+        if validate:
+            check.id_range("exclude_indices", exclude_indices, num_items, "item id")
+            if not torch.compiler.is_compiling() and (
+                    int(exclude_indptr[0]) != 0 or int(exclude_indptr[-1]) != exclude_indices.numel()
+                    or bool((exclude_indptr.diff() < 0).any())):
+                raise ValueError("`exclude_indptr` must be non-decreasing, start at 0 and end at "
+                                 f"len(exclude_indices) = {exclude_indices.numel()}")
+    if validate:
+        check.finite("user_emb", user_emb)
+        check.finite("item_emb", item_emb)
+    args = (user_emb.detach(), item_emb.detach(), k, candidates, exclude_indptr, exclude_indices)
+    if has_op("topk_scores"):
+        return torch.ops.fairlit.topk_scores(*args)
+    return reference.topk_scores(*args)
+
+
+def _register() -> None:
+    @torch.library.register_fake("fairlit::score_candidates")
+    def _(user_emb, item_emb, candidates):
+        return user_emb.new_empty((user_emb.shape[0], candidates.shape[-1]))
+
+    @torch.library.register_fake("fairlit::score_candidates_backward")
+    def _(grad, user_emb, item_emb, candidates):
+        return torch.empty_like(user_emb), torch.empty_like(item_emb)
+
+    @torch.library.register_fake("fairlit::topk_scores")
+    def _(user_emb, item_emb, k, candidates, exclude_indptr, exclude_indices):
+        batch = user_emb.shape[0]
+        return user_emb.new_empty((batch, k)), user_emb.new_empty((batch, k), dtype=torch.int64)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad):
+        user_emb, item_emb, candidates = ctx.saved_tensors
+        grad_user, grad_item = torch.ops.fairlit.score_candidates_backward(grad, user_emb, item_emb, candidates)
+        return grad_user, grad_item, None
+
+    torch.library.register_autograd("fairlit::score_candidates", backward, setup_context=setup)
+
+
+if has_op("score_candidates"):
+    _register()
