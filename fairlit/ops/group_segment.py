@@ -156,7 +156,8 @@ def _register() -> None:
         grad_weight = None
         if ctx.has_weight and ctx.needs_input_grad[4]:
             acc = grad_loss.dtype
-            unweighted = F.softplus(neg.to(acc).reshape(neg.shape[0], -1) - pos.to(acc).unsqueeze(1)).mean(1)
+            neg2 = (neg.unsqueeze(1) if neg.dim() == 1 else neg).to(acc)
+            unweighted = F.softplus(neg2 - pos.to(acc).unsqueeze(1)).mean(1)
             grad_weight = (unweighted * grad_loss.index_select(0, groups)).to(weight.dtype)
         return grad_pos, grad_neg, None, None, grad_weight
 

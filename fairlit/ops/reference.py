@@ -35,7 +35,7 @@ def group_bpr_loss(pos: torch.Tensor, neg: torch.Tensor, groups: torch.Tensor, n
     loss_sum is float32 for half inputs, else the input dtype.
     """
     acc = _acc_dtype(pos.dtype)
-    neg2 = neg.to(acc).reshape(neg.shape[0], -1)
+    neg2 = (neg.unsqueeze(1) if neg.dim() == 1 else neg).to(acc)
     per = F.softplus(neg2 - pos.to(acc).unsqueeze(1)).mean(1)
     if weight is not None:
         per = per * weight.to(acc)
