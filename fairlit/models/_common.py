@@ -4,23 +4,28 @@ import torch
 from torch import Tensor
 
 
-def embedding_l2(*embeddings: Tensor, batch_size: int) -> Tensor:
-    r"""L2 penalty on a batch of embeddings, as RecBole's ``EmbLoss(require_pow=True)``.
+def embedding_l2(*embeddings: Tensor, batch_size: int, squared: bool = True) -> Tensor:
+    r"""L2 penalty on a batch of embeddings, as RecBole's ``EmbLoss``.
 
     .. math::
-        \mathcal{R} = \frac{1}{2B} \sum_{e} \lVert E_e \rVert_F^2
+        \mathcal{R} = \frac{1}{2B} \sum_{e} \lVert E_e \rVert_F^2 \quad (\text{squared, } require\_pow=True),
+        \qquad \mathcal{R} = \frac{1}{B} \sum_{e} \lVert E_e \rVert_F \quad (require\_pow=False)
 
-    RecBole divides by the batch size and by the norm order (2); the 1/2 also matches the original
-    LightGCN code (``l2_loss = sum(e**2) / 2``).
+    RecBole divides by the batch size and, when squaring, by the norm order (2); the 1/2 also matches the
+    original LightGCN code (``l2_loss = sum(e**2) / 2``). RecBole's LightGCN runs with its global default
+    ``require_pow: False``, i.e. the unsquared Frobenius norms.
 
     Args:
         *embeddings: Tensors [B, ..., d] of the embeddings looked up for the batch.
         batch_size: B, the number of training triples (not the number of negatives).
+        squared: squared norms / 2B (True) or plain norms / B (False).
 
     Returns:
         Scalar tensor.
     """
-    return sum(e.pow(2).sum() for e in embeddings) / (2 * batch_size)
+    if squared:
+        return sum(e.pow(2).sum() for e in embeddings) / (2 * batch_size)
+    return sum(e.norm() for e in embeddings) / batch_size
 
 
 def front_align(history: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:

@@ -21,16 +21,20 @@ class LightGCN(nn.Module):
         num_items: Number of item ids.
         dim: Embedding size d.
         num_layers: Propagation layers L (RecBole ``n_layers``; the FairNeg code uses 3).
+        reg_squared: squared L2 / 2B (original LightGCN code) instead of RecBole's default plain norms / B
+            (``require_pow: False``), which its published LightGCN numbers use.
     """
 
     dot_product = True
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 64, num_layers: int = 2) -> None:
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, num_layers: int = 2,
+                 reg_squared: bool = False) -> None:
         super().__init__()
         self.num_users = num_users
         self.num_items = num_items
         self.dim = dim
         self.num_layers = num_layers
+        self.reg_squared = reg_squared
         self.user_embedding = nn.Embedding(num_users, dim)
         self.item_embedding = nn.Embedding(num_items, dim)
         # RecBole's LightGCN uses xavier_uniform_ (its BPR uses xavier_normal_).
@@ -133,4 +137,5 @@ class LightGCN(nn.Module):
             self.item_embedding(pos),
             self.item_embedding(neg),
             batch_size=users.shape[0],
+            squared=self.reg_squared,
         )

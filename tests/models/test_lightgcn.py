@@ -59,8 +59,12 @@ def test_regularization_uses_ego_embeddings():
     model = build(2)
     users, pos, neg = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([4, 0])
     P, Q = model.user_embedding.weight.detach(), model.item_embedding.weight.detach()
-    expected = ((P[users] ** 2).sum() + (Q[pos] ** 2).sum() + (Q[neg] ** 2).sum()) / (2 * 2)
-    torch.testing.assert_close(model.regularization(users, pos, neg), expected)
+    # RecBole default (require_pow=False): Frobenius norms of the three batch matrices / B.
+    plain = (P[users].norm() + Q[pos].norm() + Q[neg].norm()) / 2
+    torch.testing.assert_close(model.regularization(users, pos, neg), plain)
+    model.reg_squared = True
+    squared = ((P[users] ** 2).sum() + (Q[pos] ** 2).sum() + (Q[neg] ** 2).sum()) / (2 * 2)
+    torch.testing.assert_close(model.regularization(users, pos, neg), squared)
 
 
 def test_graph_is_not_saved_and_can_be_rebuilt():

@@ -1,0 +1,180 @@
+"""`RecModule`: the LightningModule every fairlit method extends.
+
+It owns the backbone, the loss hook, full-ranking (or sampled) evaluation through `fairlit.ops.topk_scores`,
+DDP-correct metrics (torchmetrics sum states), and one helper for group state: sum a step's group
+statistics over all ranks, then apply the same deterministic update on every rank to checkpointed buffers.
+"""
+import json
+import os
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from fairlit import ops
+from fairlit.metrics import ItemGroupFairness, RankingMetrics, UserGroupFairness
+from fairlit.metrics.functional import hits_from_csr
+
+STAGES = ("val", "test")
+
+
+class RecModule(L.LightningModule):
+    """Base module: subclasses implement `training_loss(batch)` (or, with manual optimisation, `training_step`).
+
+    Args:
+        backbone: callable ``(num_users, num_items) -> nn.Module`` (a backbone class from `fairlit.models`,
+            configured in YAML with ``class_path``/``init_args``; the CLI supplies the two sizes).
+        num_users: U (linked from the data module).
+        num_items: I (linked from the data module).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        ks: cutoffs of the evaluation metrics; the largest is the length of the ranked lists.
+        num_item_groups: G of the data's item groups (0: no item-group metrics).
+        num_user_groups: user groups (0: no user-group metrics).
+        eval_item_chunk: items scored at once for non-dot-product backbones (NeuMF).
+    """
+
+    def __init__(self, backbone: Callable[[int, int], nn.Module], num_users: int, num_items: int, lr: float = 1e-3,
+                 weight_decay: float = 0.0, ks: list[int] = [10, 20], num_item_groups: int = 0,  # noqa: B006
+                 num_user_groups: int = 0, eval_item_chunk: int = 4096):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone(num_users, num_items)
+        if not ks or min(ks) < 1:
+            raise ValueError(f"`ks` must be a non-empty list of cutoffs >= 1, got {ks}")
+        self.ks = sorted(ks)
+        self.metrics = nn.ModuleDict({stage: nn.ModuleDict({"ranking": RankingMetrics(self.ks)}) for stage in STAGES})
+        if num_user_groups > 0:
+            for stage in STAGES:
+                self.metrics[stage]["user_fair"] = UserGroupFairness(num_user_groups, self.ks)
+        self.last_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------------------- data facts
+    def setup(self, stage: str) -> None:
+        """Take what cannot travel as a CLI scalar from the data module: the training graph and item groups."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            return
+        if hasattr(self.backbone, "set_interactions"):
+            self.backbone.set_interactions(dm.train_users, dm.train_items)
+        groups = self.hparams.num_item_groups
+        if groups > 0 and "item_fair" not in self.metrics["val"]:
+            if dm.num_item_groups != groups:
+                raise ValueError(f"model.num_item_groups={groups} but the data has {dm.num_item_groups} item groups")
+            for stage in STAGES:
+                self.metrics[stage]["item_fair"] = ItemGroupFairness(
+                    dm.item_group if dm.item_group_csr is None else None, dm.item_group_csr, num_groups=groups,
+                    ks=self.ks)
+
+    # ----------------------------------------------------------------------------------------- scoring
+    def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(user vectors [B, d], item vectors [I, d]) of a batch."""
+        return self.backbone.encode(batch["user"], batch.get("history"))
+
+    def score(self, batch: dict[str, Tensor], items: Tensor) -> Tensor:
+        """Scores [B, C] of the batch's users for item ids `items` [B, C]."""
+        if getattr(self.backbone, "dot_product", True):
+            user_vecs, item_vecs = self.encode(batch)
+            return ops.score_candidates(user_vecs, item_vecs, items, validate=False)
+        return self.backbone.score(batch["user"], items)
+
+    @torch.no_grad()
+    def rank(self, batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
+        """Top-k (scores [B, k], item ids [B, k]) over all items or the batch's candidates, excluding the
+        batch's CSR exclusion lists."""
+        excl = (batch["exclude_indptr"], batch["exclude_indices"])
+        candidates = batch.get("candidates")
+        if getattr(self.backbone, "dot_product", True):
+            user_vecs, item_vecs = self.encode(batch)
+            return ops.topk_scores(user_vecs, item_vecs, k, candidates, *excl)
+        return self._rank_by_scoring(batch, k, candidates, *excl)
+
+    def _rank_by_scoring(self, batch, k, candidates, indptr, indices):
+        # Non-dot-product backbones: score [B, I] (or [B, C]) in item chunks, mask, then one topk.
+        users = batch["user"]
+        num_items = self.hparams.num_items
+        ids = candidates if candidates is not None else torch.arange(num_items, device=users.device).expand(
+            len(users), -1)
+        chunk = self.hparams.eval_item_chunk
+        scores = torch.cat([self.backbone.score(users, ids[:, i:i + chunk]) for i in range(0, ids.shape[1], chunk)], 1)
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), indptr.diff())
+        excluded = torch.zeros(len(users), num_items, dtype=torch.bool, device=users.device)
+        excluded[rows, indices] = True
+        scores = scores.float().masked_fill(excluded.gather(1, ids), float("-inf"))
+        values, pos = scores.topk(min(k, ids.shape[1]), dim=1)
+        return values, ids.gather(1, pos).masked_fill(values == float("-inf"), -1)
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch)")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["user"]))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ----------------------------------------------------------------------------------------- group state
+    def all_reduce_sum(self, *stats: Tensor) -> tuple[Tensor, ...]:
+        """Sum group statistics over all ranks (identity on one process).
+
+        Every group-state update (duals, sampling distributions, group weights) must consume only the
+        output of this call, so that every rank applies the same update to the same buffers.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return stats
+        out = []
+        for t in stats:
+            t = t.detach().clone()
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            out.append(t)
+        return tuple(out)
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        values, items = self.rank(batch, max(self.ks))
+        hits = hits_from_csr(items, batch["target_indptr"], batch["target_indices"])
+        num_relevant = batch["target_indptr"].diff()
+        metrics = self.metrics[stage]
+        metrics["ranking"].update(hits, num_relevant)
+        if "item_fair" in metrics:
+            metrics["item_fair"].update(items, values.float())
+        if "user_fair" in metrics and "user_group" in batch:
+            metrics["user_fair"].update(hits, num_relevant, batch["user_group"])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results = {}
+        for metric in self.metrics[stage].values():
+            results.update({f"{stage}/{k}": v.float() for k, v in metric.compute().items()})  # already synced
+            metric.reset()
+        self.log_dict(results, sync_dist=False, prog_bar=False)
+        self.last_metrics = {k: float(v) for k, v in results.items()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+        if self.trainer.is_global_zero:
+            self._report(self.last_metrics)
+
+    def _report(self, results: dict[str, float]) -> None:
+        """Print a metrics table and write it to `<log_dir>/metrics.json`."""
+        width = max(len(k) for k in results)
+        print("\n".join(["", f"{'metric':<{width}}  value", "-" * (width + 10)]
+                        + [f"{k:<{width}}  {v:.4f}" for k, v in results.items()]))
+        log_dir = self.trainer.log_dir or os.getcwd()
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, "metrics.json"), "w") as f:
+            json.dump(results, f, indent=2)
