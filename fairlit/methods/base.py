@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fairlit import ops
-from fairlit.metrics import ItemGroupFairness, RankingMetrics, UserGroupFairness
+from fairlit.metrics import GroupRecall, ItemGroupFairness, RankingMetrics, UserGroupFairness
 from fairlit.metrics.functional import hits_from_csr
 
 STAGES = ("val", "test")
@@ -66,6 +66,8 @@ class RecModule(L.LightningModule):
                 self.metrics[stage]["item_fair"] = ItemGroupFairness(
                     dm.item_group if dm.item_group_csr is None else None, dm.item_group_csr, num_groups=groups,
                     ks=self.ks)
+                if dm.item_group is not None:
+                    self.metrics[stage]["group_recall"] = GroupRecall(dm.item_group, groups, self.ks)
 
     # ----------------------------------------------------------------------------------------- scoring
     def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -144,6 +146,8 @@ class RecModule(L.LightningModule):
         metrics["ranking"].update(hits, num_relevant)
         if "item_fair" in metrics:
             metrics["item_fair"].update(items, values.float())
+        if "group_recall" in metrics:
+            metrics["group_recall"].update(items, hits, batch["target_indptr"], batch["target_indices"])
         if "user_fair" in metrics and "user_group" in batch:
             metrics["user_fair"].update(hits, num_relevant, batch["user_group"])
 

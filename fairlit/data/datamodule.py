@@ -1,0 +1,183 @@
+"""``RecDataModule``: implicit-feedback recommendation data for every fairlit method."""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+
+from fairlit.data.builtin import load_dataset
+from fairlit.data.groups import DEFAULT_AGE_EDGES
+from fairlit.data.loaders import EpochSampler, EvalUsers, TrainInteractions, histories, identity_collate
+from fairlit.data.pipeline import SPLIT_NAMES, prepare
+from fairlit.data.sampling import build_csr, sample_negatives
+
+_PROTOCOL = re.compile(r"^(uni|pop)(\d+)$")
+
+
+class RecDataModule(L.LightningDataModule):
+    """Reads, filters, groups and splits a dataset in ``__init__`` so that sizes are known before the model.
+
+    Batches (all int64):
+
+    * train: ``user [B]``, ``pos [B]``, ``neg [B, M]``; ``history [B, H]`` if ``history_length > 0``.
+    * valid/test: ``user [B]``, ``exclude_indptr [B+1]``, ``exclude_indices``, ``target_indptr [B+1]``,
+      ``target_indices`` (CSR slices: items to mask, relevant items); ``candidates [B, C]`` for sampled
+      protocols; ``history [B, H]``; ``user_group [B]`` when user groups are set. Only users with at least
+      one item in the split are evaluated (others are skipped, not counted as zero).
+
+    Histories are left-padded with ``history_pad_id = num_items`` (give the item embedding one extra row);
+    the most recent item is last. Eval histories are each user's last H training items.
+
+    Args:
+        dataset: built-in name (``"ml-100k"``, ``"ml-1m"``) or a directory holding ``<dir name>.inter``
+            (+ optional ``.user``/``.item``) RecBole atomic files.
+        rating_threshold: keep rows with ``rating >= threshold`` as positives (drop the rest); ``None``
+            makes every row a positive.
+        k_core: shorthand for ``user_core = item_core = k_core``.
+        user_core: minimum interactions per user (overrides ``k_core``).
+        item_core: minimum interactions per item (overrides ``k_core``).
+        core_iterated: repeat filtering to a fixed point (RecBole); else one pass, users then items.
+        split: ``"random"`` (per-user random ratio, RecBole RS), ``"chrono"`` (global by time) or
+            ``"leave_one_out"`` (per user, by time).
+        split_ratios: train/valid/test ratios for ``random`` and ``chrono``.
+        item_group: ``"genre_first"``, ``"genre_exclusive"`` (drops items without exactly one of
+            ``item_group_genres``), ``"genre_multi"`` (row-normalised CSR), ``"popularity"`` or ``None``.
+        item_group_genres: genre names for ``genre_exclusive`` (group order) / subset for ``genre_multi``.
+        genre_field: genre column of the ``.item`` file.
+        user_group: ``"gender"``, ``"age"``, ``"occupation"``, ``"activity"`` or ``None``.
+        num_quantile_groups: number of popularity/activity quantile groups.
+        age_edges: age bucket lower bounds for ``user_group="age"``.
+        num_negatives: M negatives per training row.
+        negative_sampling: ``"uniform"`` or ``"popularity"`` (train count ** ``popularity_exponent``).
+        popularity_exponent: beta of popularity sampling.
+        batch_size: training batch size (per rank).
+        eval_batch_size: users per evaluation batch.
+        history_length: H; 0 disables histories.
+        eval_protocol: ``"full"`` (rank all items) or ``"uniN"``/``"popN"``: N sampled negatives per user,
+            never any of the user's positives in any split, fixed for the whole run.
+        exclude_valid_at_test: at test time also mask validation items (RecBole full ranking does).
+        num_workers: DataLoader workers.
+        seed: seeds the split, the epoch negatives (``seed + epoch``) and the shuffling.
+    """
+
+    def __init__(self, dataset: str = "ml-100k", rating_threshold: float | None = None, k_core: int = 0,
+                 user_core: int | None = None, item_core: int | None = None, core_iterated: bool = True,
+                 split: str = "random", split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
+                 item_group: str | None = None, item_group_genres: list[str] | None = None,
+                 genre_field: str = "genre", user_group: str | None = None, num_quantile_groups: int = 2,
+                 age_edges: tuple[float, ...] = DEFAULT_AGE_EDGES, num_negatives: int = 1,
+                 negative_sampling: str = "uniform", popularity_exponent: float = 1.0,
+                 batch_size: int = 4096, eval_batch_size: int = 4096, history_length: int = 0,
+                 eval_protocol: str = "full", exclude_valid_at_test: bool = True, num_workers: int = 0,
+                 seed: int = 2020):
+        super().__init__()
+        self.save_hyperparameters()
+        if negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling={negative_sampling!r} is not 'uniform' or 'popularity'")
+        match = _PROTOCOL.match(eval_protocol)
+        if eval_protocol != "full" and match is None:
+            raise ValueError(f"eval_protocol={eval_protocol!r}: use 'full', 'uniN' or 'popN' (e.g. 'uni100')")
+        prep = prepare(load_dataset(dataset), rating_threshold=rating_threshold,
+                       user_core=k_core if user_core is None else user_core,
+                       item_core=k_core if item_core is None else item_core, core_iterated=core_iterated,
+                       split=split, split_ratios=split_ratios, item_group=item_group,
+                       item_group_genres=item_group_genres, genre_field=genre_field, user_group=user_group,
+                       num_quantile_groups=num_quantile_groups, age_edges=age_edges, seed=seed)
+        self.prepared = prep
+        self.num_users, self.num_items = len(prep.user_tokens), len(prep.item_tokens)
+        self.history_pad_id = self.num_items
+
+        def as_long(a: np.ndarray | None) -> Tensor | None:
+            return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+        self.item_group, self.user_group = as_long(prep.item_group), as_long(prep.user_group)
+        self.num_item_groups = len(prep.item_group_names)
+        self.num_user_groups = len(prep.user_group_names)
+        self.item_group_csr = None if prep.item_group_csr is None else (
+            as_long(prep.item_group_csr[0]), as_long(prep.item_group_csr[1]),
+            torch.as_tensor(prep.item_group_csr[2], dtype=torch.float32))
+
+        user, item = torch.from_numpy(prep.user), torch.from_numpy(prep.item)
+        rows = {name: torch.from_numpy(part) for name, part in zip(SPLIT_NAMES, prep.parts)}
+        self.train_users, self.train_items = user[rows["train"]], item[rows["train"]]
+        self.train_csr = build_csr(self.train_users, self.train_items, self.num_users)
+        self._csr = {name: build_csr(user[r], item[r], self.num_users) for name, r in rows.items()}
+        train_valid = torch.cat([rows["train"], rows["valid"]])
+        self._exclude = {"valid": self.train_csr,
+                         "test": build_csr(user[train_valid], item[train_valid], self.num_users)
+                         if exclude_valid_at_test else self.train_csr}
+        counts = torch.bincount(self.train_items, minlength=self.num_items).double()
+        self._neg_probs = counts.pow(popularity_exponent) if negative_sampling == "popularity" else None
+
+        self._train_history = self._user_history = None
+        if history_length > 0:
+            t = torch.from_numpy(prep.time[prep.parts[0]])
+            self._train_history, self._user_history = histories(
+                self.train_users, self.train_items, t, self.num_users, history_length, self.history_pad_id)
+
+        self._candidates: dict[str, Tensor | None] = {"valid": None, "test": None}
+        if match is not None:
+            everything = build_csr(user, item, self.num_users)
+            probs = counts if match.group(1) == "pop" else None
+            for k, stage in enumerate(("valid", "test")):
+                gen = torch.Generator().manual_seed(seed + 10_007 * (k + 1))  # fixed per stage, not per epoch
+                self._candidates[stage] = sample_negatives(self._eval_users(stage), int(match.group(2)),
+                                                           self.num_items, everything, gen, probs)
+
+    def _eval_users(self, stage: str) -> Tensor:
+        indptr = self._csr[stage][0]
+        return torch.nonzero(indptr[1:] > indptr[:-1]).flatten()
+
+    def stats(self) -> dict[str, float | int]:
+        """Counts after preprocessing: users, items, interactions, split sizes, density, groups, raw counts."""
+        n = len(self.prepared.user)
+        sizes = {name: len(part) for name, part in zip(SPLIT_NAMES, self.prepared.parts)}
+        return {**self.prepared.raw, "users": self.num_users, "items": self.num_items, "interactions": n,
+                **sizes, **{f"{s}_users": len(self._eval_users(s)) for s in ("valid", "test")},
+                "density": n / (self.num_users * self.num_items),
+                "item_groups": self.num_item_groups, "user_groups": self.num_user_groups}
+
+    def describe(self) -> str:
+        """Print and return a one-line-per-statistic summary, with group sizes."""
+        lines = [f"{k}: {v:.6f}" if isinstance(v, float) else f"{k}: {v}" for k, v in self.stats().items()]
+        for side, ids, names in (("item", self.item_group, self.prepared.item_group_names),
+                                 ("user", self.user_group, self.prepared.user_group_names)):
+            if ids is not None:
+                sizes = torch.bincount(ids, minlength=len(names)).tolist()
+                lines.append(f"{side} groups: " + ", ".join(f"{a}={b}" for a, b in zip(names, sizes)))
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        data = TrainInteractions(self.train_users, self.train_items, self.num_items, self.train_csr,
+                                 hp.num_negatives, hp.seed, self._neg_probs, self._train_history)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(data, num_replicas=world, rank=rank, seed=hp.seed)
+        return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, collate_fn=identity_collate,
+                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        data = EvalUsers(self._eval_users(stage), self._exclude[stage], self._csr[stage],
+                         self._candidates[stage], self._user_history, self.user_group)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # Disjoint, unpadded shards: a padded DistributedSampler would count some users twice in the
+        # summed metric states.
+        sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(data, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                          collate_fn=identity_collate, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

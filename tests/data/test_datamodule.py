@@ -1,0 +1,215 @@
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from fairlit.data import RecDataModule, csr_contains
+
+
+def _pairs(users, items):
+    return set(zip(users.tolist(), items.tolist()))
+
+
+def _split_pairs(dm, name):
+    part = dm.prepared.parts[("train", "valid", "test").index(name)]
+    return _pairs(dm.prepared.user[part], dm.prepared.item[part])
+
+
+def _rows(ptr, idx):
+    return [sorted(idx[ptr[k]:ptr[k + 1]].tolist()) for k in range(len(ptr) - 1)]
+
+
+def test_attributes_after_init(tiny):
+    dm = RecDataModule(str(tiny), item_group="genre_multi", user_group="gender", seed=1)
+    assert dm.num_users == 30 and dm.num_items == len(dm.prepared.item_tokens)
+    assert dm.item_group.dtype == torch.long and dm.item_group.shape == (dm.num_items,)
+    assert dm.user_group.shape == (30,) and dm.num_user_groups == 2
+    indptr, indices, weights = dm.item_group_csr
+    assert indptr.shape == (dm.num_items + 1,) and dm.num_item_groups == 5
+    sums = torch.zeros(dm.num_items).index_add_(0, torch.repeat_interleave(torch.arange(dm.num_items),
+                                                                            indptr.diff()), weights)
+    torch.testing.assert_close(sums, torch.ones(dm.num_items))
+    assert _pairs(dm.train_users, dm.train_items) == _split_pairs(dm, "train")
+    ptr, idx = dm.train_csr
+    assert ptr.shape == (31,) and int(ptr[-1]) == len(dm.train_users)  # generated pairs are distinct
+    s = dm.stats()
+    assert s["train"] + s["valid"] + s["test"] == s["interactions"] == s["raw_interactions"]
+    assert "item groups:" in dm.describe()
+
+
+def test_train_epoch_covers_train_once_and_negatives_are_negative(tiny):
+    dm = RecDataModule(str(tiny), num_negatives=3, batch_size=16)
+    batches = list(dm.train_dataloader())
+    b = batches[0]
+    assert set(b) == {"user", "pos", "neg"} and b["neg"].shape == (16, 3)
+    assert all(v.dtype == torch.long for v in b.values())
+    user = torch.cat([b["user"] for b in batches])
+    pos = torch.cat([b["pos"] for b in batches])
+    neg = torch.cat([b["neg"] for b in batches])
+    assert sorted(zip(user.tolist(), pos.tolist())) == sorted(zip(dm.train_users.tolist(), dm.train_items.tolist()))
+    assert not csr_contains(*dm.train_csr, user, neg, dm.num_items).any()
+    assert not torch.equal(user, dm.train_users)  # shuffled
+
+
+def test_epochs_deterministic_and_different(tiny):
+    def epochs(dm):
+        loader = dm.train_dataloader()
+        out = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            out.append(torch.cat([torch.cat([b["user"][:, None], b["pos"][:, None], b["neg"]], 1)
+                                  for b in loader]))
+        return out
+
+    a, b = epochs(RecDataModule(str(tiny), seed=7)), epochs(RecDataModule(str(tiny), seed=7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_ranks_get_disjoint_shards(tiny):
+    dm = RecDataModule(str(tiny))
+    loader = dm.train_dataloader()
+    shards = []
+    for rank in (0, 1):
+        sampler = type(loader.sampler)(loader.dataset, num_replicas=2, rank=rank, seed=3)
+        sampler.set_epoch(4)
+        shards.append(set(sampler))
+    n = len(loader.dataset)
+    assert shards[0] | shards[1] == set(range(n))
+    assert len(shards[0] & shards[1]) <= n % 2  # DistributedSampler pads an odd total with one repeat
+
+
+@pytest.mark.parametrize("exclude_valid", [True, False])
+def test_eval_batches_match_naive(tiny, exclude_valid):
+    dm = RecDataModule(str(tiny), eval_batch_size=7, user_group="age", exclude_valid_at_test=exclude_valid)
+    train = _split_pairs(dm, "train")
+    valid = _split_pairs(dm, "valid")
+    for stage, loader in (("valid", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        target = _split_pairs(dm, stage)
+        excluded = train | valid if (stage == "test" and exclude_valid) else train
+        seen = []
+        for b in loader:
+            seen += b["user"].tolist()
+            assert torch.equal(b["user_group"], dm.user_group[b["user"]])
+            for u, t, e in zip(b["user"].tolist(), _rows(b["target_indptr"], b["target_indices"]),
+                               _rows(b["exclude_indptr"], b["exclude_indices"])):
+                assert t == sorted(i for uu, i in target if uu == u)
+                assert e == sorted(i for uu, i in excluded if uu == u)
+        assert seen == sorted({u for u, _ in target})  # exactly the users with a target item
+
+
+def test_users_without_test_items_are_skipped(tmp_path, atomic_writer):
+    folder = tmp_path / "loo"
+    folder.mkdir()
+    rows = [["a", "x", 1], ["a", "y", 2], ["a", "z", 3], ["b", "x", 1]]
+    atomic_writer(folder / "loo.inter", ["user_id:token", "item_id:token", "timestamp:float"], rows)
+    dm = RecDataModule(str(folder), split="leave_one_out")
+    b = next(iter(dm.test_dataloader()))
+    assert b["user"].tolist() == [0]  # user "b" has one row: train only, not evaluated
+    assert b["target_indices"].tolist() == [2]
+
+
+def test_sampled_candidates_avoid_all_positives(tiny):
+    dm = RecDataModule(str(tiny), eval_protocol="pop10")
+    positives = _pairs(torch.from_numpy(dm.prepared.user), torch.from_numpy(dm.prepared.item))
+    for b in dm.test_dataloader():
+        assert b["candidates"].shape == (len(b["user"]), 10)
+        for u, row in zip(b["user"].tolist(), b["candidates"].tolist()):
+            assert not any((u, i) in positives for i in row)
+
+
+def test_history_matches_naive(tiny):
+    h = 3
+    dm = RecDataModule(str(tiny), history_length=h, batch_size=1000)
+    prep, train = dm.prepared, dm.prepared.parts[0]
+    b = next(iter(dm.train_dataloader()))
+    pad = dm.history_pad_id
+    assert pad == dm.num_items
+    for u, i, hist in zip(b["user"].tolist(), b["pos"].tolist(), b["history"].tolist()):
+        rows = sorted((prep.time[r], r) for r in train if prep.user[r] == u)
+        ordered = [prep.item[r] for _, r in rows]
+        k = ordered.index(i)
+        expect = ordered[max(0, k - h):k]
+        assert hist == [pad] * (h - len(expect)) + expect
+    vb = next(iter(dm.val_dataloader()))
+    for u, hist in zip(vb["user"].tolist(), vb["history"].tolist()):
+        ordered = [prep.item[r] for _, r in sorted((prep.time[r], r) for r in train if prep.user[r] == u)]
+        assert hist == [pad] * (h - len(ordered[-h:])) + ordered[-h:]
+
+
+def test_groups_exclusive_and_popularity(tiny):
+    dm = RecDataModule(str(tiny), item_group="genre_exclusive", item_group_genres=["Horror", "Sci-Fi"])
+    item = dict(zip(*_item_table(tiny)))
+    for tok, g in zip(dm.prepared.item_tokens, dm.item_group.tolist()):  # exactly one of the two genres
+        hits = [x for x in ("Horror", "Sci-Fi") if x in item[tok]]
+        assert hits == [("Horror", "Sci-Fi")[g]]
+    pop = RecDataModule(str(tiny), item_group="popularity", num_quantile_groups=3)
+    assert torch.bincount(pop.item_group).tolist() in ([14, 13, 13], [13, 14, 13], [13, 13, 14])
+
+
+def _item_table(folder):
+    lines = (folder / f"{folder.name}.item").read_text().splitlines()[1:]
+    cells = [line.split("\t") for line in lines]
+    return [c[0] for c in cells], [c[2].split() for c in cells]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"split_ratios": (1.0, 0.0, 0.0)}, ValueError, "valid part empty"),
+    ({"split": "temporal"}, ValueError, "not one of"),
+    ({"eval_protocol": "top100"}, ValueError, "uniN"),
+    ({"negative_sampling": "hard"}, ValueError, "negative_sampling"),
+    ({"item_group": "genre_exclusive"}, ValueError, "needs item_group_genres"),
+    ({"item_group": "genre_exclusive", "item_group_genres": ["Western"]}, ValueError, "Western.*not present"),
+    ({"user_group": "zip_code"}, ValueError, "user_group"),
+    ({"dataset": "does-not-exist"}, ValueError, "built-in"),
+])
+def test_bad_options(tiny, kwargs, error, match):
+    kwargs = {"dataset": str(tiny), **kwargs}
+    with pytest.raises(error, match=match):
+        RecDataModule(**kwargs)
+
+
+def test_bad_files(tiny, atomic_writer):
+    (tiny / "tiny.user").write_text("user_id:token\tgender:token\nu1\tM\n")
+    with pytest.raises(ValueError, match=r"tiny\.user: missing column 'age'"):
+        RecDataModule(str(tiny), user_group="age")
+    with pytest.raises(ValueError, match=r"tiny\.user: no 'gender' value for 29 id"):
+        RecDataModule(str(tiny), user_group="gender")
+    atomic_writer(tiny / "tiny.inter", ["user_id:token", "item_id:token", "rating:float"],
+                  [["u1", "i1", ""], ["u2", "i1", "4"]])
+    with pytest.raises(ValueError, match=r"tiny\.inter: column 'rating' has 1 missing"):
+        RecDataModule(str(tiny), rating_threshold=3)
+    with pytest.raises(ValueError, match=r"tiny\.inter: missing column 'timestamp'"):
+        RecDataModule(str(tiny), split="chrono")
+
+
+class _Recorder(L.LightningModule):
+    """Records the negatives of every epoch and the users of every validation batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.negs, self.val_users = {}, []
+
+    def training_step(self, batch, batch_idx):
+        self.negs.setdefault(self.current_epoch, []).append(batch["neg"])
+        return (self.w * batch["neg"].float().mean()).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.val_users.append(batch["user"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_fit_redraws_each_epoch(tiny):
+    runs = []
+    for _ in range(2):
+        model, dm = _Recorder(), RecDataModule(str(tiny), batch_size=64, seed=11)
+        L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
+        runs.append({e: torch.cat(v) for e, v in model.negs.items()})
+        assert sorted(torch.cat(model.val_users).unique().tolist()) == dm._eval_users("valid").tolist()
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[0][1])
+    np.testing.assert_equal(runs[0][0].shape[0], len(dm.train_users))
