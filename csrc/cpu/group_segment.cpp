@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../checks.h"
@@ -104,33 +106,59 @@ std::tuple<at::Tensor, at::Tensor> group_mean_cpu(const at::Tensor& values, cons
   return {shape_like_values(mean, values), count};
 }
 
+// Per chunk of rows, the elementwise part (softplus / sigmoid of neg - pos) runs as ATen ops on the
+// chunk's slice: they use ATen's vectorised (SLEEF) exp/log1p, which this extension could only get from
+// the compiler with -ffast-math or per-ISA builds. A chunk (<= ~16k rows) stays in cache, so the pass is
+// still fused: no [N, M] temporary is ever materialised.
+at::Tensor neg_minus_pos(const at::Tensor& pos, const at::Tensor& neg2d, int64_t r0, int64_t r1,
+                         at::ScalarType acc) {
+  return neg2d.slice(0, r0, r1).to(acc) - pos.slice(0, r0, r1).to(acc).unsqueeze(1);
+}
+
 std::tuple<at::Tensor, at::Tensor> group_bpr_loss_cpu(const at::Tensor& pos, const at::Tensor& neg,
                                                       const at::Tensor& groups, int64_t num_groups,
                                                       const c10::optional<at::Tensor>& weight) {
   check_bpr_inputs(pos, neg, groups, weight);
   TORCH_CHECK(num_groups >= 1, "fairlit: `num_groups` must be >= 1, got ", num_groups);
-  const at::Tensor p = pos.contiguous(), n = neg.contiguous(), g = groups.contiguous();
+  const at::Tensor p = pos.contiguous(), g = groups.contiguous();
+  const at::Tensor n = (neg.dim() == 1 ? neg.unsqueeze(1) : neg).contiguous();
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  const int64_t rows = p.size(0);
-  const int64_t m = n.dim() == 2 ? n.size(1) : 1;
-  at::Tensor loss = at::empty({num_groups}, p.options().dtype(loss_dtype(p.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "fairlit_group_bpr_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ps = p.data_ptr<scalar_t>();
-    const scalar_t* ns = n.data_ptr<scalar_t>();
-    const scalar_t* ws = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+  const int64_t rows = p.size(0), m = n.size(1);
+  const at::ScalarType acc_type = loss_dtype(p.scalar_type());
+  at::Tensor loss = at::empty({num_groups}, p.options().dtype(acc_type));
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "fairlit_group_bpr_cpu", [&] {
+    using acc_t = scalar_t;
+    const at::Tensor wa = w.defined() ? w.to(acc_type) : w;
+    const acc_t* ws = wa.defined() ? wa.data_ptr<acc_t>() : nullptr;
+    const int64_t* gs = g.data_ptr<int64_t>();
     const acc_t inv_m = m > 0 ? acc_t(1) / acc_t(m) : acc_t(0);
-    chunked_group_reduce<acc_t>(rows, num_groups, 1, g.data_ptr<int64_t>(), loss.data_ptr<acc_t>(),
-                                [&](int64_t r, acc_t* acc) {
-                                  const acc_t pr = static_cast<acc_t>(ps[r]);
-                                  acc_t s = 0;
-                                  for (int64_t j = 0; j < m; ++j) {
-                                    s += stable_softplus<acc_t>(static_cast<acc_t>(ns[r * m + j]) - pr);
-                                  }
-                                  s *= inv_m;
-                                  if (ws != nullptr) s *= static_cast<acc_t>(ws[r]);
-                                  acc[0] += s;
-                                });
+    // Fixed chunking (a function of N only) keeps the group sums deterministic for any thread count.
+    const int64_t chunks = num_chunks(rows, num_groups);
+    std::vector<acc_t> partial(static_cast<size_t>(chunks * num_groups), acc_t(0));
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
+        const at::Tensor sp = at::softplus(neg_minus_pos(p, n, r0, r1, acc_type), 1, 20).contiguous();
+        const acc_t* sps = sp.data_ptr<acc_t>();
+        acc_t* part = partial.data() + c * num_groups;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t grp = gs[r];
+          TORCH_CHECK(grp >= 0 && grp < num_groups, "fairlit: `groups` contains ", grp, " at position ", r,
+                      "; expected ids in [0, ", num_groups, ")");
+          acc_t s = 0;
+          for (int64_t j = 0; j < m; ++j) s += sps[(r - r0) * m + j];
+          s *= inv_m;
+          if (ws != nullptr) s *= ws[r];
+          part[grp] += s;
+        }
+      }
+    });
+    acc_t* out = loss.data_ptr<acc_t>();
+    for (int64_t j = 0; j < num_groups; ++j) {
+      acc_t acc = 0;
+      for (int64_t c = 0; c < chunks; ++c) acc += partial[c * num_groups + j];
+      out[j] = acc;
+    }
   });
   return {loss, counts_of(g, num_groups)};
 }
@@ -141,42 +169,27 @@ std::tuple<at::Tensor, at::Tensor> group_bpr_loss_backward_cpu(const at::Tensor&
                                                                const at::Tensor& groups,
                                                                const c10::optional<at::Tensor>& weight) {
   check_bpr_inputs(pos, neg, groups, weight);
-  const at::Tensor gl = grad_loss.contiguous().to(loss_dtype(pos.scalar_type()));
-  const at::Tensor p = pos.contiguous(), n = neg.contiguous(), g = groups.contiguous();
-  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  const int64_t rows = p.size(0), num_groups = gl.size(0);
-  const int64_t m = n.dim() == 2 ? n.size(1) : 1;
+  const at::ScalarType acc_type = loss_dtype(pos.scalar_type());
+  const at::Tensor gl = grad_loss.contiguous().to(acc_type);
+  const at::Tensor p = pos.contiguous(), g = groups.contiguous();
+  const at::Tensor n = (neg.dim() == 1 ? neg.unsqueeze(1) : neg).contiguous();
+  const at::Tensor w = weight.has_value() ? weight->contiguous().to(acc_type) : at::Tensor();
+  const int64_t rows = p.size(0), num_groups = gl.size(0), m = n.size(1);
   at::Tensor grad_pos = at::empty_like(p);
   at::Tensor grad_neg = at::empty_like(n);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "fairlit_group_bpr_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ps = p.data_ptr<scalar_t>();
-    const scalar_t* ns = n.data_ptr<scalar_t>();
-    const scalar_t* ws = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
-    const int64_t* gs = g.data_ptr<int64_t>();
-    const acc_t* gls = gl.data_ptr<acc_t>();
-    scalar_t* gp = grad_pos.data_ptr<scalar_t>();
-    scalar_t* gn = grad_neg.data_ptr<scalar_t>();
-    const acc_t inv_m = m > 0 ? acc_t(1) / acc_t(m) : acc_t(0);
-    at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t grp = gs[r];
-        TORCH_CHECK(grp >= 0 && grp < num_groups, "fairlit: `groups` contains ", grp, " at position ", r,
-                    "; expected ids in [0, ", num_groups, ")");
-        acc_t scale = gls[grp] * inv_m;
-        if (ws != nullptr) scale *= static_cast<acc_t>(ws[r]);
-        const acc_t pr = static_cast<acc_t>(ps[r]);
-        acc_t total = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          const acc_t d = scale * stable_sigmoid<acc_t>(static_cast<acc_t>(ns[r * m + j]) - pr);
-          gn[r * m + j] = static_cast<scalar_t>(d);
-          total += d;
-        }
-        gp[r] = static_cast<scalar_t>(-total);
-      }
-    });
+  const int64_t* gs = g.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 4096, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      TORCH_CHECK(gs[r] >= 0 && gs[r] < num_groups, "fairlit: `groups` contains ", gs[r], " at position ", r,
+                  "; expected ids in [0, ", num_groups, ")");
+    }
+    at::Tensor scale = gl.index_select(0, g.slice(0, r0, r1)) / static_cast<double>(m);
+    if (w.defined()) scale.mul_(w.slice(0, r0, r1));
+    const at::Tensor d = at::sigmoid(neg_minus_pos(p, n, r0, r1, acc_type)).mul_(scale.unsqueeze(1));
+    grad_neg.slice(0, r0, r1).copy_(d);
+    grad_pos.slice(0, r0, r1).copy_(d.sum(1).neg_());
   });
-  return {grad_pos, grad_neg};
+  return {grad_pos, neg.dim() == 1 ? grad_neg.squeeze(1) : grad_neg};
 }
 
 }  // namespace

@@ -1,0 +1,205 @@
+"""Benchmark every group_segment / ranking op against its reference and the best native composition.
+
+    python benchmarks/bench_ops.py [--quick] [--out docs/benchmarks.md]
+
+One run times, per case: fairlit's op, `fairlit.ops.reference`, and native PyTorch alternatives
+(`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk).
+Ratios are "time of X / time of fairlit" (> 1: fairlit is faster). Implementations are checked to agree
+before they are timed. CUDA rows are added when a GPU is visible.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine, markdown_table, peak_memory_mb, time_ms, write_section  # noqa: E402
+
+from fairlit import ops  # noqa: E402
+from fairlit.ops import reference  # noqa: E402
+
+ONE_HOT_LIMIT = 2**31          # bytes: skip one-hot matmul beyond this
+
+
+def group_sum_impls(values, groups, g):
+    def segment():
+        order = torch.argsort(groups, stable=True)
+        lengths = torch.bincount(groups, minlength=g)
+        return torch.segment_reduce(values[order], "sum", lengths=lengths, axis=0)
+
+    impls = {
+        "fairlit": lambda: ops.group_sum(values, groups, g, validate=False),
+        "reference": lambda: reference.group_sum(values, groups, g),
+        "index_add_": lambda: values.new_zeros((g, *values.shape[1:])).index_add_(0, groups, values),
+        "scatter_reduce": lambda: values.new_zeros((g, *values.shape[1:])).scatter_reduce_(
+            0, groups.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values, "sum"),
+        "segment_reduce": segment,
+    }
+    if values.shape[0] * g * values.element_size() <= ONE_HOT_LIMIT:
+        impls["one_hot_matmul"] = lambda: F.one_hot(groups, g).to(values.dtype).T @ values
+    return impls
+
+
+def bpr_impls(pos, neg, groups, g):
+    def native(reduce):
+        def run():
+            per = F.softplus(neg - pos.unsqueeze(1)).mean(1)
+            if reduce == "index_add":
+                loss = per.new_zeros(g).index_add(0, groups, per)
+            else:
+                loss = per.new_zeros(g).scatter_reduce(0, groups, per, "sum")
+            loss.sum().backward()
+        return run
+
+    def fused():
+        loss, _ = ops.group_bpr_loss(pos, neg, groups, g, validate=False)
+        loss.sum().backward()
+
+    def ref():
+        loss, _ = reference.group_bpr_loss(pos, neg, groups, g)
+        loss.sum().backward()
+
+    return {"fairlit": fused, "reference": ref, "softplus+index_add": native("index_add"),
+            "softplus+scatter_reduce": native("scatter")}
+
+
+def score_impls(user, item, cand):
+    def run(fn):
+        def step():
+            fn().sum().backward()
+        return step
+
+    return {"fairlit": run(lambda: ops.score_candidates(user, item, cand, validate=False)),
+            "reference": run(lambda: reference.score_candidates(user, item, cand)),
+            "gather+bmm": run(lambda: torch.bmm(item[cand], user.unsqueeze(2)).squeeze(2))}
+
+
+def topk_impls(user, item, k, cand, indptr, indices, with_reference):
+    rows = torch.repeat_interleave(torch.arange(user.shape[0], device=user.device), indptr.diff())
+
+    def dense():
+        scores = user @ item.T if cand is None else torch.bmm(item[cand], user.unsqueeze(2)).squeeze(2)
+        if cand is None:
+            scores[rows, indices] = float("-inf")
+        return scores.topk(k, dim=1)
+
+    impls = {"fairlit": lambda: ops.topk_scores(user, item, k, cand, indptr, indices, validate=False),
+             "matmul+topk": dense}
+    if cand is None:
+        impls["matmul only"] = lambda: user @ item.T
+    if with_reference:
+        impls["reference"] = lambda: reference.topk_scores(user, item, k, cand, indptr, indices)
+    return impls
+
+
+def measure(impls, device, min_run_time):
+    out = {}
+    for name, fn in impls.items():
+        try:
+            fn()                                   # warm-up (and first allocation)
+            out[name] = (time_ms(fn, min_run_time), peak_memory_mb(fn, device))
+        except (RuntimeError, MemoryError) as err:  # e.g. out of memory: reported, not fatal
+            out[name] = (float("nan"), float("nan"))
+            print(f"  {name}: failed ({str(err).splitlines()[0][:80]})")
+    return out
+
+
+def row(case, results):
+    base = results["fairlit"][0]
+    natives = {k: v for k, v in results.items() if k not in ("fairlit", "reference", "matmul only")}
+    best_name = min(natives, key=lambda k: natives[k][0])
+    ref = results.get("reference", (float("nan"), float("nan")))
+    extra = results.get("matmul only")
+    return [*case, f"{base:.3g}", f"{ref[0] / base:.2f}" if ref[0] == ref[0] else "skipped",
+            f"{natives[best_name][0] / base:.2f} ({best_name})",
+            f"{extra[0] / base:.2f}" if extra else "", f"{results['fairlit'][1]:.0f}",
+            f"{ref[1]:.0f}" if ref[1] == ref[1] else "-", f"{natives[best_name][1]:.0f}"]
+
+
+def run(device: str, quick: bool) -> str:
+    torch.manual_seed(0)
+    big = device == "cuda"
+    t = 0.1 if quick else 0.3
+    sections = []
+    header = ["N", "D", "G", "fairlit ms", "reference / fairlit", "best native / fairlit", "", "fairlit MB",
+              "reference MB", "native MB"]
+    rows = []
+    cases = [(100_000, 1), (1_000_000, 1), (100_000, 64)] if not quick else [(100_000, 1)]
+    for n, d in cases:
+        for g in (2, 18, 1000):
+            values = torch.randn((n,) if d == 1 else (n, d), device=device)
+            groups = torch.randint(0, g, (n,), device=device)
+            impls = group_sum_impls(values, groups, g)
+            torch.testing.assert_close(impls["fairlit"](), impls["index_add_"](), rtol=1e-4, atol=1e-3)
+            print(f"[{device}] group_sum N={n} D={d} G={g}")
+            rows.append(row((n, d, g), measure(impls, device, t)))
+    sections.append("#### `group_sum` (forward)\n\n" + markdown_table(header, [r[:6] + r[7:] for r in rows]))
+
+    rows = []
+    for n in ((100_000, 1_000_000) if not quick else (100_000,)):
+        for g in (2, 18, 1000):
+            pos = torch.randn(n, device=device, requires_grad=True)
+            neg = torch.randn(n, 4, device=device, requires_grad=True)
+            groups = torch.randint(0, g, (n,), device=device)
+            print(f"[{device}] group_bpr_loss N={n} M=4 G={g}")
+            rows.append(row((n, 4, g), measure(bpr_impls(pos, neg, groups, g), device, t)))
+    header_bpr = ["N", "M", "G"] + header[3:6] + header[7:]
+    sections.append("#### `group_bpr_loss` (forward + backward)\n\n"
+                    + markdown_table(header_bpr, [r[:6] + r[7:] for r in rows]))
+
+    rows = []
+    for b in ((1024, 8192) if not quick else (1024,)):
+        for c in (100, 200, 700):
+            user = torch.randn(b, 64, device=device, requires_grad=True)
+            item = torch.randn(3706, 64, device=device, requires_grad=True)
+            cand = torch.randint(0, 3706, (b, c), device=device)
+            torch.testing.assert_close(ops.score_candidates(user, item, cand),
+                                       reference.score_candidates(user, item, cand), rtol=1e-4, atol=1e-4)
+            print(f"[{device}] score_candidates B={b} C={c}")
+            rows.append(row((b, c, 3706), measure(score_impls(user, item, cand), device, t)))
+    header_sc = ["B", "C", "I"] + header[3:6] + header[7:]
+    sections.append("#### `score_candidates` (forward + backward, d = 64)\n\n"
+                    + markdown_table(header_sc, [r[:6] + r[7:] for r in rows]))
+
+    rows = []
+    topk_cases = [(1024, 3706, None), (8192, 3706, None), (1024, 1_000_000, None), (8192, 3706, 700)]
+    if big:
+        topk_cases.append((8192, 1_000_000, None))
+    if quick:
+        topk_cases = topk_cases[:1]
+    for b, i, c in topk_cases:
+        user, item = torch.randn(b, 64, device=device), torch.randn(i, 64, device=device)
+        lengths = torch.randint(0, 200, (b,), device=device)
+        indptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        indices = torch.randint(0, i, (int(indptr[-1]),), device=device)
+        cand = None if c is None else torch.randint(0, i, (b, c), device=device)
+        impls = topk_impls(user, item, 20, cand, indptr, indices, with_reference=i * b <= 8192 * 3706)
+        got, want = impls["fairlit"](), impls["matmul+topk"]()
+        torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+        print(f"[{device}] topk_scores B={b} I={i} C={c}")
+        rows.append(row((b, i, c or "all"), measure(impls, device, t)))
+    header_tk = ["B", "I", "C"] + header[3:6] + ["matmul only / fairlit"] + header[7:]
+    sections.append("#### `topk_scores` (k = 20, ~100 excluded items per row, d = 64)\n\n"
+                    + markdown_table(header_tk, rows))
+    return f"### {device.upper()}: {machine()}\n\n" + "\n\n".join(sections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small case per op (smoke run)")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--devices", nargs="*", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    args = parser.parse_args()
+    print(ops.backend("group_sum"), ops.backend("topk_scores"))
+    for device in args.devices:
+        text = run(device, args.quick)
+        print(text)
+        write_section(args.out, f"bench_ops {device}", "## Ops: group_segment and ranking\n\n"
+                      "`python benchmarks/bench_ops.py` — ratios are time(X) / time(fairlit): above 1 means "
+                      "fairlit is faster. Memory = extra peak during one call.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

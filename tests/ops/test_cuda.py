@@ -1,0 +1,353 @@
+"""CUDA kernels (csrc/cuda/*.cu) vs fairlit.ops.reference on CPU.
+
+Values and gradients in every dtype, empty groups / N = 0 / repeated ids, chunk and item-tile
+boundaries, ties, exclusions and padding; bitwise run-to-run determinism; opcheck on CUDA inputs; and
+out-of-range ids with validate=False, which the kernels must skip without faulting the device.
+"""
+import pytest
+import torch
+
+from fairlit import ops
+from fairlit.ops import reference
+from tests.ops.helpers import DTYPES, HAS_OP, tol
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not HAS_OP, reason="needs the compiled library"),
+]
+
+OPS = ("group_sum", "group_mean", "group_bpr_loss", "group_bpr_loss_backward", "score_candidates",
+       "score_candidates_backward", "topk_scores")
+CHUNK_ROWS = 2048          # kChunkRows in group_segment.cu
+TILE_ELEMS = (256 << 20) // 8  # B * T of one item tile in ranking.cu
+
+
+def _rand(shape, dtype, seed, *, magnitude=1.0, noncontig=False):
+    g = torch.Generator().manual_seed(seed)
+    if noncontig:
+        return (torch.randn((*shape, 2), generator=g, dtype=torch.float64) * magnitude)[..., 1].to(dtype)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * magnitude).to(dtype)
+
+
+def _ints(shape, lo, hi, seed, dtype=torch.int64):
+    return torch.randint(lo, hi, shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _groups(n, g, seed):
+    # The last group stays empty when G > 1; ids repeat.
+    return _ints((n,), 0, max(g - 1, 1), seed)
+
+
+def _exclusions(b, i, seed, max_len=6):
+    lengths = _ints((b,), 0, min(i, max_len) + 1, seed + 3)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    return indptr, _ints((int(indptr[-1]),), 0, i, seed + 4)    # repeated ids allowed
+
+
+def _csr_rows(indptr, indices, rows):
+    parts = [indices[int(indptr[r]):int(indptr[r + 1])] for r in rows]
+    lengths = torch.tensor([len(p) for p in parts], dtype=torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]), torch.cat(parts)
+
+
+def _cuda(*tensors):
+    return tuple(None if t is None else t.cuda() for t in tensors)
+
+
+def test_every_op_has_a_cuda_kernel():
+    for name in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fairlit::{name}", "CUDA"), name
+    assert ops.backend("group_sum") == "cuda"
+
+
+# ---- group_segment ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d, g", [(0, None, 3), (0, 4, 1), (1, None, 1), (300, None, 7), (300, 5, 7),
+                                     (300, 40, 3), (5000, None, 3), (5000, 3, 1), (9000, 1, 200), (50, 0, 4)])
+@pytest.mark.parametrize("noncontig", [False, True])
+def test_group_sum_and_mean_match_reference(dtype, n, d, g, noncontig):
+    # n = 5000 / 9000 cross the 2048-row chunks (several chunks per group); d = 40 spans two column tiles.
+    values = _rand((n,) if d is None else (n, d), dtype, n + g, noncontig=noncontig)
+    groups = _groups(n, g, n)
+    values_c, groups_c = _cuda(values, groups)
+    scale = max(n, 1) ** 0.5
+    out = ops.group_sum(values_c, groups_c, g)
+    assert out.dtype == dtype and out.is_cuda
+    torch.testing.assert_close(out.cpu(), reference.group_sum(values, groups, g), **tol(dtype, scale))
+    mean, count = ops.group_mean(values_c, groups_c, g)
+    ref_mean, ref_count = reference.group_mean(values, groups, g)
+    torch.testing.assert_close(mean.cpu(), ref_mean, **tol(dtype, 4))
+    assert torch.equal(count.cpu(), ref_count)
+    assert not torch.isnan(mean).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d", [(0, None), (300, None), (300, 6), (4500, 3)])
+def test_group_sum_and_mean_gradients_match_reference(dtype, n, d):
+    g = 5
+    values = _rand((n,) if d is None else (n, d), dtype, 11 + n)
+    groups = _groups(n, g, 3)
+    upstream = _rand((g,) if d is None else (g, d), dtype, 5)
+    for op, ref in ((ops.group_sum, reference.group_sum), (lambda *a: ops.group_mean(*a)[0],
+                                                            lambda *a: reference.group_mean(*a)[0])):
+        x = values.cuda().requires_grad_()
+        (grad,) = torch.autograd.grad(op(x, groups.cuda(), g), x, upstream.cuda())
+        x_ref = values.clone().requires_grad_()
+        (ref_grad,) = torch.autograd.grad(ref(x_ref, groups, g), x_ref, upstream)
+        torch.testing.assert_close(grad.cpu(), ref_grad, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, m", [(0, None), (0, 3), (1, None), (7, 1), (300, 4), (300, 50), (5000, 2)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_group_bpr_loss_and_gradients_match_reference(dtype, n, m, weighted):
+    # m = 50 uses a full warp per row in the backward kernel; n = 5000 crosses chunks.
+    g = 6
+    pos = _rand((n,), dtype, 1, magnitude=3.0)
+    neg = _rand((n,) if m is None else (n, m), dtype, 2, magnitude=3.0, noncontig=True)
+    weight = _rand((n,), dtype, 3).abs() if weighted else None
+    groups = _groups(n, g, 4)
+    leaves = [pos, neg] + ([weight] if weighted else [])
+    cuda_leaves = [t.cuda().requires_grad_() for t in leaves]
+    ref_leaves = [t.clone().requires_grad_() for t in leaves]
+
+    def args(ls):
+        return ls[0], ls[1], groups.to(ls[0].device), g, (ls[2] if weighted else None)
+
+    loss, count = ops.group_bpr_loss(*args(cuda_leaves))
+    ref_loss, ref_count = reference.group_bpr_loss(*args(ref_leaves))
+    expected_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    assert loss.dtype == expected_dtype and ref_loss.dtype == expected_dtype
+    torch.testing.assert_close(loss.cpu(), ref_loss, **tol(dtype, max(n, 1) ** 0.5))
+    assert torch.equal(count.cpu(), ref_count)
+    if n == 0:
+        return
+    upstream = _rand((g,), expected_dtype, 9)
+    grads = torch.autograd.grad(loss, cuda_leaves, upstream.cuda())
+    ref_grads = torch.autograd.grad(ref_loss, ref_leaves, upstream)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.cpu(), want, **tol(dtype, 4))
+
+
+def test_group_bpr_loss_backward_op_matches_formula():
+    pos = _rand((40,), torch.float64, 1)
+    neg = _rand((40, 5), torch.float64, 2)
+    weight = _rand((40,), torch.float64, 3)
+    groups = _groups(40, 4, 4)
+    grad_loss = _rand((4,), torch.float64, 5)
+    grad_pos, grad_neg = torch.ops.fairlit.group_bpr_loss_backward(*_cuda(grad_loss, pos, neg, groups, weight))
+    expected_neg = (grad_loss[groups] * weight / 5).unsqueeze(1) * torch.sigmoid(neg - pos.unsqueeze(1))
+    torch.testing.assert_close(grad_neg.cpu(), expected_neg)
+    torch.testing.assert_close(grad_pos.cpu(), -expected_neg.sum(1))
+
+
+@pytest.mark.parametrize("d", [None, 8])
+def test_group_reductions_are_bitwise_reproducible(d):
+    n, g = 300_000, 37
+    values = _rand((n,) if d is None else (n, d), torch.float32, 0, magnitude=100.0).cuda()
+    groups = _ints((n,), 0, g, 1).cuda()
+    first = ops.group_sum(values, groups, g)
+    mean_first = ops.group_mean(values, groups, g)[0]
+    for _ in range(3):
+        torch.cuda.synchronize()
+        assert torch.equal(ops.group_sum(values, groups, g), first)
+        assert torch.equal(ops.group_mean(values, groups, g)[0], mean_first)
+    pos, neg = _rand((n,), torch.float32, 2).cuda(), _rand((n, 5), torch.float32, 3).cuda()
+    weight = _rand((n,), torch.float32, 4).abs().cuda()
+    loss_first = ops.group_bpr_loss(pos, neg, groups, g, weight)[0]
+    for _ in range(3):
+        assert torch.equal(ops.group_bpr_loss(pos, neg, groups, g, weight)[0], loss_first)
+
+
+# ---- ranking ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, i, c, d", [(0, 5, 3, 4), (4, 5, 0, 4), (6, 9, 7, 1), (6, 9, 7, 7), (5, 30, 20, 64),
+                                        (3, 11, 13, 100)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_score_candidates_and_gradients_match_reference(dtype, b, i, c, d, shared):
+    user = _rand((b, d), dtype, 1, noncontig=True)
+    item = _rand((i, d), dtype, 2)
+    cand = _ints((c,) if shared else (b, c), 0, i, 3)        # repeated ids: items accumulate gradients
+    u, it = user.cuda().requires_grad_(), item.cuda().requires_grad_()
+    out = ops.score_candidates(u, it, cand.cuda())
+    u_ref, it_ref = user.clone().requires_grad_(), item.clone().requires_grad_()
+    ref = reference.score_candidates(u_ref, it_ref, cand)
+    assert out.shape == (b, c) and out.dtype == dtype
+    torch.testing.assert_close(out.cpu(), ref, **tol(dtype, d ** 0.5))
+    if out.numel():
+        upstream = _rand((b, c), dtype, 4)
+        grads = torch.autograd.grad(out, (u, it), upstream.cuda())
+        ref_grads = torch.autograd.grad(ref, (u_ref, it_ref), upstream)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got.cpu(), want, **tol(dtype, 4 * (b * c + 1) ** 0.5))
+
+
+def test_score_candidates_item_gradient_is_bitwise_reproducible():
+    user = _rand((512, 32), torch.float32, 0).cuda()
+    item = _rand((50, 32), torch.float32, 1).cuda()
+    cand = _ints((512, 100), 0, 50, 2).cuda()
+    grad = _rand((512, 100), torch.float32, 3).cuda()
+    first = torch.ops.fairlit.score_candidates_backward(grad, user, item, cand)
+    for _ in range(3):
+        again = torch.ops.fairlit.score_candidates_backward(grad, user, item, cand)
+        assert all(torch.equal(a, b) for a, b in zip(again, first))
+    # An item no candidate names gets an exactly zero gradient row.
+    unseen = torch.ops.fairlit.score_candidates_backward(grad, user, item, cand.clamp(max=48))[1]
+    assert torch.equal(unseen[49], torch.zeros_like(unseen[49]))
+
+
+def _int_embeddings(b, i, d, dtype, seed, spread=3):
+    # Integers: every score is exact (in the accumulation type) and ties are frequent.
+    return _ints((b, d), -spread + 1, spread, seed).to(dtype), _ints((i, d), -spread + 1, spread, seed + 1).to(dtype)
+
+
+def _assert_topk_equal(got, want):
+    values, ids = got
+    ref_values, ref_ids = want
+    assert values.dtype == ref_values.dtype and ids.dtype == torch.int64
+    assert torch.equal(ids.cpu(), ref_ids)
+    assert torch.equal(values.cpu(), ref_values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["full", "shared", "rows"])
+@pytest.mark.parametrize("exclude", [False, True])
+@pytest.mark.parametrize("b, i, k", [(0, 10, 3), (7, 1, 1), (7, 40, 1), (7, 40, 5), (7, 40, 30), (5, 20, 45)])
+def test_topk_scores_matches_reference_exactly(dtype, mode, exclude, b, i, k):
+    # Ties via integer embeddings; k > C (25 candidates) and k > I pad with (-inf, -1).
+    user, item = _int_embeddings(b, i, 3, dtype, b * 100 + i)
+    cand = {"full": None, "shared": _ints((25,), 0, i, 5), "rows": _ints((b, 25), 0, i, 6)}[mode]
+    excl = _exclusions(b, i, 7) if exclude else (None, None)
+    got = ops.topk_scores(*_cuda(user, item), k, *_cuda(cand, *excl))
+    assert got[0].shape == (b, k)
+    _assert_topk_equal(got, reference.topk_scores(user, item, k, cand, *excl))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_scores_across_item_tiles(dtype):
+    # B = 4096 gives 8192-item tiles, so 17_500 items take three tiles; ties between items of different
+    # tiles must still go to the lower id, and exclusions sit on the tile boundaries too.
+    b, i, k = 4096, 2 * (TILE_ELEMS // 4096) + 1116, 50
+    user, item = _int_embeddings(b, i, 4, dtype, 0, spread=40)
+    indptr, indices = _exclusions(b, i, 1, max_len=40)
+    boundary = torch.tensor([8191, 8192, 16383, 16384, 0, i - 1])
+    lengths = indptr.diff() + len(boundary)
+    indices = torch.cat([torch.cat([indices[int(indptr[r]):int(indptr[r + 1])], boundary]) for r in range(b)])
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    values, ids = ops.topk_scores(*_cuda(user, item), k, None, *_cuda(indptr, indices))
+    rows = list(range(0, b, 97)) + [b - 1]
+    sub_indptr, sub_indices = _csr_rows(indptr, indices, rows)
+    want = reference.topk_scores(user[rows], item, k, None, sub_indptr, sub_indices)
+    _assert_topk_equal((values[rows], ids[rows]), want)
+    assert not torch.isin(ids[rows].cpu(), boundary).any()
+
+
+def test_topk_scores_signed_zero_ties_to_lower_id():
+    user, item = torch.tensor([[1.0]]), torch.tensor([[-0.0], [0.0], [-1.0]])
+    values, ids = ops.topk_scores(*_cuda(user, item), 3)
+    assert ids.tolist() == [[0, 1, 2]]
+    assert values.tolist() == [[0.0, 0.0, -1.0]]
+
+
+def test_topk_scores_infinite_scores_rank_above_exclusions():
+    for dtype in DTYPES:
+        user = torch.tensor([[1.0]], dtype=dtype)
+        item = torch.tensor([[float("-inf")], [2.0], [float("inf")], [float("-inf")]], dtype=dtype)
+        got = ops.topk_scores(*_cuda(user, item), 4, None, *_cuda(torch.tensor([0, 1]), torch.tensor([0])))
+        _assert_topk_equal(got, reference.topk_scores(user, item, 4, None, torch.tensor([0, 1]), torch.tensor([0])))
+
+
+# ---- opcheck ----------------------------------------------------------------------------------------
+
+def test_opcheck_on_cuda():
+    v = _rand((40, 3), torch.float64, 0).cuda().requires_grad_()
+    g = _ints((40,), 0, 5, 1).cuda()
+    pos = _rand((40,), torch.float64, 2).cuda().requires_grad_()
+    neg = _rand((40, 4), torch.float64, 3).cuda().requires_grad_()
+    w = _rand((40,), torch.float64, 4).abs().cuda().requires_grad_()
+    torch.library.opcheck(torch.ops.fairlit.group_sum, (v, g, 6))
+    torch.library.opcheck(torch.ops.fairlit.group_sum, (v[:, 0], g, 6))
+    torch.library.opcheck(torch.ops.fairlit.group_mean, (v, g, 6))
+    torch.library.opcheck(torch.ops.fairlit.group_bpr_loss, (pos, neg, g, 6, w))
+    torch.library.opcheck(torch.ops.fairlit.group_bpr_loss, (pos.float(), neg.float(), g, 6, None))
+    torch.library.opcheck(torch.ops.fairlit.group_bpr_loss_backward,
+                          (torch.randn(6, dtype=torch.float64, device="cuda"), pos.detach(), neg.detach(), g,
+                           w.detach()))
+    user = _rand((5, 4), torch.float64, 5).cuda().requires_grad_()
+    item = _rand((9, 4), torch.float64, 6).cuda().requires_grad_()
+    rows = _ints((5, 6), 0, 9, 7).cuda()
+    torch.library.opcheck(torch.ops.fairlit.score_candidates, (user, item, rows))
+    torch.library.opcheck(torch.ops.fairlit.score_candidates, (user, item, rows[0]))
+    torch.library.opcheck(torch.ops.fairlit.score_candidates_backward,
+                          (torch.randn(5, 6, dtype=torch.float64, device="cuda"), user.detach(), item.detach(), rows))
+    indptr, indices = _cuda(*_exclusions(5, 9, 0))
+    for args in ((user.detach(), item.detach(), 3, None, None, None),
+                 (user.detach().float(), item.detach().float(), 3, rows, indptr, indices),
+                 (user.detach().half(), item.detach().half(), 12, None, indptr, indices),
+                 (user.detach(), item.detach(), 12, rows[0], indptr, indices)):
+        torch.library.opcheck(torch.ops.fairlit.topk_scores, args)
+
+
+# ---- out-of-range ids with validate=False: skipped, never dereferenced ------------------------------
+# (Last in the file: a device fault would poison the CUDA context for every later test.)
+
+BAD_GROUP_IDS = [-1, 6, 1000, 2**40, -(2**40)]
+
+
+def test_out_of_range_group_ids_are_skipped():
+    n, g = 3000, 6
+    groups = _ints((n,), 0, g, 0)
+    groups[::7] = torch.tensor(BAD_GROUP_IDS).repeat(n // 7 // len(BAD_GROUP_IDS) + 1)[: len(groups[::7])]
+    ok = (groups >= 0) & (groups < g)
+    values = _rand((n, 3), torch.float32, 1)
+    out = ops.group_sum(values.cuda(), groups.cuda(), g, validate=False)
+    mean, count = ops.group_mean(values.cuda(), groups.cuda(), g, validate=False)
+    pos, neg = _rand((n,), torch.float32, 2).cuda().requires_grad_(), _rand((n, 4), torch.float32, 3).cuda()
+    neg.requires_grad_()
+    loss, bpr_count = ops.group_bpr_loss(pos, neg, groups.cuda(), g, validate=False)
+    grad_pos, grad_neg = torch.autograd.grad(loss.sum(), (pos, neg))
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.cpu(), reference.group_sum(values[ok], groups[ok], g))
+    torch.testing.assert_close(mean.cpu(), reference.group_mean(values[ok], groups[ok], g)[0])
+    assert torch.equal(count.cpu(), torch.bincount(groups[ok], minlength=g))
+    assert torch.equal(bpr_count.cpu(), count.cpu())
+    torch.testing.assert_close(loss.cpu(), reference.group_bpr_loss(pos.detach().cpu()[ok], neg.detach().cpu()[ok],
+                                                                   groups[ok], g)[0])
+    assert torch.isfinite(grad_pos).all() and torch.isfinite(grad_neg).all()
+    bad = (~ok).cuda()
+    assert (grad_pos[bad] == 0).all() and (grad_neg[bad] == 0).all()
+
+
+def test_out_of_range_item_ids_are_skipped():
+    b, i, d = 6, 10, 4
+    user, item = _rand((b, d), torch.float32, 0).cuda(), _rand((i, d), torch.float32, 1).cuda()
+    cand = _ints((b, 5), 0, i, 2)
+    cand[:, 0] = torch.tensor([-1, i, i + 100, 2**40, -(2**40), 2**33])
+    cand = cand.cuda()
+    u, it = user.clone().requires_grad_(), item.clone().requires_grad_()
+    scores = ops.score_candidates(u, it, cand, validate=False)
+    grads = torch.autograd.grad(scores.sum(), (u, it))
+    torch.cuda.synchronize()
+    assert torch.isfinite(scores).all() and all(torch.isfinite(t).all() for t in grads)
+    assert (scores[:, 0] == 0).all()
+    torch.testing.assert_close(scores[:, 1:], reference.score_candidates(user, item, cand[:, 1:]))
+    ref_grads = torch.autograd.grad(reference.score_candidates(u, it, cand[:, 1:]).sum(), (u, it))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+    # topk: bad candidates are never returned; bad exclusion entries and a malformed indptr are ignored.
+    indptr = torch.tensor([0, 2, 1, 5, 5, 9, 30]).cuda()          # decreasing, and past nnz
+    indices = torch.tensor([-5, 3, i, 2**40, 1, 2, -1, 7, 0, 4, 9]).cuda()
+    for dtype in DTYPES:
+        for candidates in (None, cand, cand[0]):
+            values, ids = ops.topk_scores(user.to(dtype), item.to(dtype), 8, candidates, indptr, indices,
+                                          validate=False)
+            torch.cuda.synchronize()
+            assert ((ids >= -1) & (ids < i)).all()
+            assert not torch.isnan(values.float()).any()
+            assert torch.isneginf(values[ids == -1].float()).all()
+    torch.cuda.synchronize()
