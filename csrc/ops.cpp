@@ -22,4 +22,10 @@ TORCH_LIBRARY(fairlit, m) {
   m.def("score_candidates(Tensor user_emb, Tensor item_emb, Tensor candidates) -> Tensor");
   m.def("score_candidates_backward(Tensor grad, Tensor user_emb, Tensor item_emb, Tensor candidates) -> (Tensor, Tensor)");
   m.def("topk_scores(Tensor user_emb, Tensor item_emb, int k, Tensor? candidates, Tensor? exclude_indptr, Tensor? exclude_indices) -> (Tensor, Tensor)");
+  // soft_sort family: neuralsort -> P [B, k, N]; soft_rank_gain -> (out [B], lse [B, k], dots [B, k]), where
+  // lse/dots are the per-row softmax statistics the backward reuses (flash-attention style recompute).
+  m.def("neuralsort(Tensor scores, float tau, int k) -> Tensor");
+  m.def("neuralsort_backward(Tensor grad, Tensor P, Tensor scores, float tau) -> Tensor");
+  m.def("soft_rank_gain(Tensor scores, Tensor gains, float tau, int k, Tensor discounts) -> (Tensor, Tensor, Tensor)");
+  m.def("soft_rank_gain_backward(Tensor grad, Tensor scores, Tensor gains, float tau, int k, Tensor discounts, Tensor lse, Tensor dots) -> (Tensor, Tensor)");
 }

@@ -4,6 +4,7 @@
 |---|---|
 | group_sum, group_mean, group_bpr_loss | group_segment.py |
 | score_candidates, topk_scores | ranking.py |
+| neuralsort, soft_rank_gain (+ helpers soft_ndcg, soft_hit) | soft_sort.py |
 
 Each op has a pure-PyTorch twin with the same signature in `fairlit.ops.reference`, used when the
 compiled library is unavailable (one warning says why) and as the test oracle. `backend(name)` says
@@ -12,8 +13,10 @@ which implementation runs.
 from ._library import HAS_EXT, backend
 from .group_segment import group_bpr_loss, group_mean, group_sum
 from .ranking import score_candidates, topk_scores
+from .soft_sort import neuralsort, soft_hit, soft_ndcg, soft_rank_gain
 
-OPS = ("group_sum", "group_mean", "group_bpr_loss", "score_candidates", "topk_scores")
+OPS = ("group_sum", "group_mean", "group_bpr_loss", "score_candidates", "topk_scores", "neuralsort",
+       "soft_rank_gain")
 
 __all__ = ["HAS_EXT", "OPS", "backend", "group_bpr_loss", "group_mean", "group_sum", "score_candidates",
-           "topk_scores"]
+           "topk_scores", "neuralsort", "soft_hit", "soft_ndcg", "soft_rank_gain"]

@@ -91,3 +91,70 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
         values = torch.cat([values, values.new_full((batch, pad), float("-inf"))], 1)
         indices = torch.cat([indices, indices.new_full((batch, pad), -1)], 1)
     return values, indices
+
+
+def abs_rowsum(s: torch.Tensor) -> torch.Tensor:
+    """a_j = sum_i |s_j - s_i| over the last dim in O(N log N) (one sort plus prefix sums), tie-safe."""
+    n = s.shape[-1]
+    v, _ = s.sort(-1)
+    c = torch.cat([torch.zeros_like(v[..., :1]), v.cumsum(-1)], -1)
+    lo = torch.searchsorted(v, s, right=False)
+    hi = torch.searchsorted(v, s, right=True)
+    return s * lo - c.gather(-1, lo) + (c[..., -1:] - c.gather(-1, hi)) - (n - hi) * s
+
+
+def abs_rowsum_vjp(s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum_j g_j d a_j / d s_m with sign(0) = 0 (what autograd through `torch.abs` gives), O(N log N)."""
+    n = s.shape[-1]
+    v, idx = s.sort(-1)
+    gs = g.gather(-1, idx)
+    big_g = torch.cat([torch.zeros_like(gs[..., :1]), gs.cumsum(-1)], -1)
+    lo = torch.searchsorted(v, s, right=False)
+    hi = torch.searchsorted(v, s, right=True)
+    return g * (lo - (n - hi)) - ((big_g[..., -1:] - big_g.gather(-1, hi)) - big_g.gather(-1, lo))
+
+
+def _neuralsort_logits(scores: torch.Tensor, tau: float, k: int) -> torch.Tensor:
+    """[B, k, N] logits (alpha_r s - A 1) / tau of rows 1..k, in the accumulation dtype."""
+    s = scores.to(_acc_dtype(scores.dtype))
+    n = s.shape[-1]
+    alpha = (n - 1 - 2 * torch.arange(k, device=s.device)).to(s.dtype)
+    return (alpha[:, None] * s.unsqueeze(-2) - abs_rowsum(s).unsqueeze(-2)) / tau
+
+
+def _dcg_discounts(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return 1.0 / torch.log2(torch.arange(2, k + 2, dtype=dtype, device=device))
+
+
+def neuralsort(scores: torch.Tensor, tau: float, k: int | None = None) -> torch.Tensor:
+    """Rows 1..k of the NeuralSort relaxed permutation matrix, [B, N] -> [B, k, N], without [B, N, N]."""
+    k = scores.shape[-1] if k is None else k
+    return torch.softmax(_neuralsort_logits(scores, tau, k), -1).to(scores.dtype)
+
+
+def soft_rank_gain(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int,
+                   discounts: torch.Tensor | None = None) -> torch.Tensor:
+    """[B]: sum_{r <= k} discounts[r - 1] * (P[:, r - 1, :] . gains); default discounts 1 / log2(r + 1)."""
+    acc = _acc_dtype(scores.dtype)
+    p = torch.softmax(_neuralsort_logits(scores, tau, k), -1)
+    disc = _dcg_discounts(k, acc, scores.device) if discounts is None else discounts.to(acc)
+    return ((p * gains.to(acc).unsqueeze(-2)).sum(-1) * disc).sum(-1).to(scores.dtype)
+
+
+def neuralsort_dense(scores: torch.Tensor, tau: float, k: int | None = None) -> torch.Tensor:
+    """Test oracle: the official dense detNeuralSort (builds |s_i - s_j| as [B, N, N]), rows 1..k."""
+    s = scores.to(_acc_dtype(scores.dtype))
+    n = s.shape[-1]
+    k = n if k is None else k
+    a = (s.unsqueeze(-1) - s.unsqueeze(-2)).abs().sum(-1)
+    alpha = n + 1 - 2 * torch.arange(1, k + 1, dtype=s.dtype, device=s.device)
+    return torch.softmax((alpha[:, None] * s.unsqueeze(-2) - a.unsqueeze(-2)) / tau, -1).to(scores.dtype)
+
+
+def soft_rank_gain_dense(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int,
+                         discounts: torch.Tensor | None = None) -> torch.Tensor:
+    """Test oracle for `soft_rank_gain` built on `neuralsort_dense`."""
+    acc = _acc_dtype(scores.dtype)
+    p = neuralsort_dense(scores.to(acc), tau, k)
+    disc = _dcg_discounts(k, acc, scores.device) if discounts is None else discounts.to(acc)
+    return ((p * gains.to(acc).unsqueeze(-2)).sum(-1) * disc).sum(-1).to(scores.dtype)
