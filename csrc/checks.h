@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <cmath>
+
 namespace fairlit {
 
 inline void check_float(const at::Tensor& t, const char* name) {
@@ -88,6 +90,27 @@ inline void check_candidates(const at::Tensor& candidates, int64_t batch) {
   check_index(candidates, "candidates");
   TORCH_CHECK(candidates.dim() == 1 || (candidates.dim() == 2 && candidates.size(0) == batch),
               "fairlit: `candidates` must be [C] or [B, C] with B = ", batch, ", got ", candidates.sizes());
+}
+
+// Validation shared by the soft_sort kernels (both devices).
+inline void check_scores(const at::Tensor& scores, double tau, int64_t k) {
+  check_float(scores, "scores");
+  check_dim(scores, 2, "scores");
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), "fairlit: `tau` must be a finite number > 0, got ", tau);
+  TORCH_CHECK(k >= 1 && k <= scores.size(1), "fairlit: `k` must be in [1, N] with N = ", scores.size(1), ", got ",
+              k);
+  TORCH_CHECK(scores.size(1) < (int64_t(1) << 30), "fairlit: N must be < 2^30");
+}
+
+inline void check_gain_inputs(const at::Tensor& scores, const at::Tensor& gains, int64_t k, const at::Tensor& discounts) {
+  TORCH_CHECK(gains.sizes() == scores.sizes(), "fairlit: `gains` must have the shape of `scores` ", scores.sizes(),
+              ", got ", gains.sizes());
+  TORCH_CHECK(gains.scalar_type() == scores.scalar_type(), "fairlit: `gains` and `scores` dtypes differ");
+  check_same_device(scores, gains, "scores", "gains");
+  check_float(discounts, "discounts");
+  check_same_device(scores, discounts, "scores", "discounts");
+  TORCH_CHECK(discounts.dim() == 1 && discounts.size(0) == k, "fairlit: `discounts` must be [k] with k = ", k,
+              ", got ", discounts.sizes());
 }
 
 // Loss sums are accumulated and returned in float32 for half inputs: a sum of 1e5 per-sample losses

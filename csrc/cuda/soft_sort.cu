@@ -34,26 +34,6 @@ constexpr int kWarpRows = 8;
 constexpr int kMaxThreads = 1024;  // also the kernels' __launch_bounds__: caps registers at 64 per thread
 constexpr unsigned kFullMask = 0xffffffffu;
 
-void check_scores(const at::Tensor& scores, double tau, int64_t k) {
-  check_float(scores, "scores");
-  check_dim(scores, 2, "scores");
-  TORCH_CHECK(tau > 0 && std::isfinite(tau), "fairlit: `tau` must be a finite number > 0, got ", tau);
-  TORCH_CHECK(k >= 1 && k <= scores.size(1), "fairlit: `k` must be in [1, N] with N = ", scores.size(1), ", got ",
-              k);
-  TORCH_CHECK(scores.size(1) < (int64_t(1) << 30), "fairlit: N must be < 2^30");
-}
-
-void check_gain_inputs(const at::Tensor& scores, const at::Tensor& gains, int64_t k, const at::Tensor& discounts) {
-  TORCH_CHECK(gains.sizes() == scores.sizes(), "fairlit: `gains` must have the shape of `scores` ", scores.sizes(),
-              ", got ", gains.sizes());
-  TORCH_CHECK(gains.scalar_type() == scores.scalar_type(), "fairlit: `gains` and `scores` dtypes differ");
-  check_same_device(scores, gains, "scores", "gains");
-  check_float(discounts, "discounts");
-  check_same_device(scores, discounts, "scores", "discounts");
-  TORCH_CHECK(discounts.dim() == 1 && discounts.size(0) == k, "fairlit: `discounts` must be [k] with k = ", k,
-              ", got ", discounts.sizes());
-}
-
 // ---- group primitives --------------------------------------------------------------------------------
 
 template <typename T>
