@@ -56,7 +56,10 @@ def make_venv(path: Path) -> Path:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(PEERS / "requirements.lock.txt")], check=True)
+        # The lock file also pins recbole itself, whose declared dependencies cannot resolve: install
+        # everything else from it, then recbole with --no-deps.
+        pins = [line for line in (PEERS / "requirements.lock.txt").read_text().split() if not line.startswith("recbole")]
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *pins], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "recbole==1.2.1"], check=True)
     return py
 

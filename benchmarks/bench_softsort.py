@@ -2,7 +2,7 @@
 FADE's differentiable Hit) against the dense detNeuralSort reference that builds [B, N, N], plus
 torchsort's `soft_rank` for context when it is importable.
 
-    python benchmarks/bench_softsort.py [--device cpu|cuda] [--out docs/benchmarks_softsort.md]
+    python benchmarks/bench_softsort.py [--device cpu|cuda] [--out docs/benchmarks.md]
 
 Grid: B in {256, 4096}, N in {5, 101, 1001, 10001}, k in {1, 20} (k <= N). Every row checks that streaming
 and dense agree before timing. Dense cases whose autograd graph (~4 B N^2 floats) would exceed the memory
@@ -19,8 +19,14 @@ import time
 import torch
 from torch.utils import benchmark
 
-from fairlit import ops
-from fairlit.ops import reference as ref
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import write_section  # noqa: E402
+
+from fairlit import ops  # noqa: E402
+from fairlit.ops import reference as ref  # noqa: E402
 
 try:
     import torchsort
@@ -224,8 +230,7 @@ def main():
     text = table(rows, device, bandwidth)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"## Soft sort (`{os.path.basename(__file__)}`)\n\n" + text)
+        write_section(args.out, f"bench_softsort {device}", f"## Soft sort (`{os.path.basename(__file__)}`)\n\n" + text)
 
 
 if __name__ == "__main__":

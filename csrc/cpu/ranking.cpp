@@ -260,7 +260,12 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& user_emb, c
   AT_DISPATCH_FLOATING_TYPES(rank_type, "fairlit_topk_scores_cpu", [&] {
     if (candidates.has_value()) {
       check_candidates(*candidates, batch);
-      const at::Tensor scores = score_candidates_cpu(user_emb, item_emb, *candidates);
+      // Shared candidates: one GEMM against the gathered rows instead of B * C separate dot products.
+      const at::Tensor scores =
+          candidates->dim() == 1
+              ? at::mm(user_emb.to(rank_type), item_emb.index_select(0, *candidates).to(rank_type).t())
+                    .to(user_emb.scalar_type())
+              : score_candidates_cpu(user_emb, item_emb, *candidates);
       topk_candidates<scalar_t>(scores, expand_candidates(*candidates, batch), ex, val.data_ptr<scalar_t>(),
                                 idx.data_ptr<int64_t>(), k);
     } else {

@@ -48,6 +48,7 @@ class RecDataModule(L.LightningDataModule):
         split_ratios: train/valid/test ratios for ``random`` and ``chrono``.
         item_group: ``"genre_first"``, ``"genre_exclusive"`` (drops items without exactly one of
             ``item_group_genres``), ``"genre_multi"`` (row-normalised CSR), ``"popularity"`` or ``None``.
+        item_group_min_size: merge item groups with fewer items into one "infrequent" group (FairDual: 50).
         item_group_genres: genre names for ``genre_exclusive`` (group order) / subset for ``genre_multi``.
         genre_field: genre column of the ``.item`` file.
         user_group: ``"gender"``, ``"age"``, ``"occupation"``, ``"activity"`` or ``None``.
@@ -75,7 +76,7 @@ class RecDataModule(L.LightningDataModule):
                  negative_sampling: str = "uniform", popularity_exponent: float = 1.0,
                  batch_size: int = 4096, eval_batch_size: int = 4096, history_length: int = 0,
                  eval_protocol: str = "full", exclude_valid_at_test: bool = True, num_workers: int = 0,
-                 seed: int = 2020):
+                 seed: int = 2020, item_group_min_size: int = 0):
         super().__init__()
         self.save_hyperparameters()
         if negative_sampling not in ("uniform", "popularity"):
@@ -88,7 +89,8 @@ class RecDataModule(L.LightningDataModule):
                        item_core=k_core if item_core is None else item_core, core_iterated=core_iterated,
                        split=split, split_ratios=split_ratios, item_group=item_group,
                        item_group_genres=item_group_genres, genre_field=genre_field, user_group=user_group,
-                       num_quantile_groups=num_quantile_groups, age_edges=age_edges, seed=seed)
+                       num_quantile_groups=num_quantile_groups, age_edges=age_edges, seed=seed,
+                       item_group_min_size=item_group_min_size)
         self.prepared = prep
         self.num_users, self.num_items = len(prep.user_tokens), len(prep.item_tokens)
         self.history_pad_id = self.num_items

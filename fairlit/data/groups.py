@@ -159,3 +159,37 @@ def intersectional(user_group: np.ndarray, item_group: np.ndarray, num_item_grou
         [N] int64 ids in ``0..P*Q-1``.
     """
     return np.asarray(user_group, dtype=np.int64) * num_item_groups + np.asarray(item_group, dtype=np.int64)
+
+
+def merge_small_groups(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, names: Sequence[str],
+                       min_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Merge groups with fewer than ``min_size`` member items into one ``"infrequent"`` group (FairDual
+    App. I: 50; FairDiverse ``group_aggregation_threshold``: 10). The merged group comes last.
+
+    Args:
+        indptr, indices, weights: CSR item->group membership (rows of Â), I rows.
+        names: G group names.
+        min_size: threshold; 0 or no small group leaves the input unchanged.
+
+    Returns:
+        ``(indptr, indices, weights, names)``; an item with several merged genres gets one entry whose
+        weight is the sum of theirs, so rows still sum to 1.
+    """
+    size = np.bincount(indices, minlength=len(names))
+    small = size < min_size
+    if not small.any():
+        return indptr, indices, weights, list(names)
+    keep = np.flatnonzero(~small)
+    new_id = np.full(len(names), len(keep), dtype=np.int64)
+    new_id[keep] = np.arange(len(keep))
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    key = rows * (len(keep) + 1) + new_id[indices]
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    merged_w = np.bincount(inverse, weights=weights).astype(np.float32)
+    order = np.argsort(first, kind="stable")  # keep each item's genre order (its first genre first)
+    uniq, merged_w = uniq[order], merged_w[order]
+    new_rows = uniq // (len(keep) + 1)
+    order = np.argsort(new_rows, kind="stable")
+    new_rows, uniq, merged_w = new_rows[order], uniq[order], merged_w[order]
+    new_ptr = np.concatenate([[0], np.cumsum(np.bincount(new_rows, minlength=len(indptr) - 1))])
+    return new_ptr, uniq % (len(keep) + 1), merged_w, [names[k] for k in keep] + ["infrequent"]

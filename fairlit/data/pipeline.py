@@ -72,7 +72,8 @@ def prepare(data: AtomicData, *, rating_threshold: float | None = None, user_cor
             split_ratios: Sequence[float] = (0.8, 0.1, 0.1), item_group: str | None = None,
             item_group_genres: Sequence[str] | None = None, genre_field: str = "genre",
             user_group: str | None = None, num_quantile_groups: int = 2,
-            age_edges: Sequence[float] = G.DEFAULT_AGE_EDGES, seed: int = 2020) -> Prepared:
+            age_edges: Sequence[float] = G.DEFAULT_AGE_EDGES, seed: int = 2020,
+            item_group_min_size: int = 0) -> Prepared:
     """Run the whole preprocessing pipeline; see :class:`~fairlit.data.datamodule.RecDataModule`.
 
     Order: NaN/column checks, rating threshold, exclusive-genre item filter, k-core, re-index, groups,
@@ -111,6 +112,10 @@ def prepare(data: AtomicData, *, rating_threshold: float | None = None, user_cor
     out = Prepared(user=user, item=item, time=time, user_tokens=user_tokens, item_tokens=item_tokens,
                    parts=[], raw=raw)
     _item_groups(out, data, item_group, item_group_genres, genre_field, num_quantile_groups)
+    if item_group_min_size > 0 and out.item_group_csr is not None:
+        indptr, indices, weights, out.item_group_names = G.merge_small_groups(
+            *out.item_group_csr, out.item_group_names, item_group_min_size)
+        out.item_group_csr, out.item_group = (indptr, indices, weights), indices[indptr[:-1]]
     _user_groups(out, data, user_group, num_quantile_groups, age_edges)
     if split == "random":
         out.parts = split_random_ratio(user, split_ratios, seed)

@@ -87,10 +87,37 @@ class RecModule(L.LightningModule):
         batch's CSR exclusion lists."""
         excl = (batch["exclude_indptr"], batch["exclude_indices"])
         candidates = batch.get("candidates")
+        extra = 0
+        if candidates is not None:
+            # Sampled protocols rank the user's targets together with the sampled negatives.
+            candidates, extra = self._with_targets(candidates, batch["target_indptr"], batch["target_indices"])
         if getattr(self.backbone, "dot_product", True):
             user_vecs, item_vecs = self.encode(batch)
-            return ops.topk_scores(user_vecs, item_vecs, k, candidates, *excl)
-        return self._rank_by_scoring(batch, k, candidates, *excl)
+            values, items = ops.topk_scores(user_vecs, item_vecs, k + extra, candidates, *excl)
+        else:
+            values, items = self._rank_by_scoring(batch, k + extra, candidates, *excl)
+        if extra:
+            # Padding slots repeat a sampled negative; equal ids sit next to each other in the ranking
+            # (same score): keep the first of each run.
+            dup = torch.zeros_like(items, dtype=torch.bool)
+            dup[:, 1:] = (items[:, 1:] == items[:, :-1]) & (items[:, 1:] >= 0)
+            keep = torch.sort(dup.to(torch.int8), dim=1, stable=True).indices[:, :k]
+            values, items = values.gather(1, keep), items.gather(1, keep)
+        return values, items
+
+    @staticmethod
+    def _with_targets(candidates: Tensor, indptr: Tensor, indices: Tensor) -> tuple[Tensor, int]:
+        """[B, T + C] candidates = each row's targets (padded with its first sampled negative) + the sampled
+        [B, C]; also returns T - 1, the most padding copies a row can hold."""
+        lengths = indptr.diff()
+        width = int(lengths.max()) if len(lengths) else 0
+        if width == 0:
+            return candidates, 0
+        pos = torch.arange(width, device=indptr.device).expand(len(lengths), width)
+        inside = pos < lengths.unsqueeze(1)
+        idx = (indptr[:-1].unsqueeze(1) + pos).clamp(max=max(len(indices) - 1, 0))
+        targets = torch.where(inside, indices[idx], candidates[:, :1])
+        return torch.cat([targets, candidates], 1), width - 1
 
     def _rank_by_scoring(self, batch, k, candidates, indptr, indices):
         # Non-dot-product backbones: score [B, I] (or [B, C]) in item chunks, mask, then one topk.
@@ -115,7 +142,10 @@ class RecModule(L.LightningModule):
         loss = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["user"]))
+        # Step logs are only written every log_every_n_steps; skipping the call in between saves Lightning's
+        # per-call overhead, which is larger than a whole small-model step on CPU.
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["user"]))
         return loss
 
     def configure_optimizers(self):

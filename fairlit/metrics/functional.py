@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fairlit.metrics._validation import check_csr, check_ids, check_names, check_shape
 
-RANKING_METRICS = ("recall", "precision", "ndcg", "hit", "mrr")
+RANKING_METRICS = ("recall", "precision", "ndcg", "hit", "mrr", "hr")
 
 
 def hits_from_csr(topk_items: Tensor, target_indptr: Tensor, target_indices: Tensor) -> Tensor:
@@ -112,7 +112,12 @@ def _mrr(hits: Tensor, num_relevant: Tensor) -> Tensor:
     return (hits * reciprocal).amax(1)
 
 
-_PER_USER = {"recall": _recall, "precision": _precision, "ndcg": _ndcg, "hit": _hit, "mrr": _mrr}
+def _hr(hits: Tensor, num_relevant: Tensor) -> Tensor:
+    # FairDual/FairDiverse "HR": hits / min(|T_u|, K), i.e. recall capped by the list length.
+    return hits.sum(1).to(torch.get_default_dtype()) / num_relevant.clamp(max=hits.shape[1])
+
+
+_PER_USER = {"recall": _recall, "precision": _precision, "ndcg": _ndcg, "hit": _hit, "mrr": _mrr, "hr": _hr}
 
 
 def recall_at_k(hits: Tensor, num_relevant: Tensor) -> Tensor:

@@ -13,7 +13,9 @@ from fairlit.metrics.functional import RANKING_METRICS, per_user_metrics
 
 
 class RankingMetrics(Metric):
-    """Mean over users of per-user Recall/Precision/NDCG/Hit/MRR at several cutoffs.
+    """Mean over users of per-user Recall/Precision/NDCG/Hit/MRR/HR at several cutoffs.
+
+    HR (opt-in, ``"hr"``) is FairDual's hit ratio ``hits@K / min(|T_u|, K)``; Hit is ``1[hits@K > 0]``.
 
     ``metric@K = (1/|U_T|) Σ_{u∈U_T} metric_u@K`` with ``U_T`` the users with at least one relevant item
     (users with ``num_relevant == 0`` are skipped). States: ``sum_<metric> [len(ks)]`` (float64) and
