@@ -83,13 +83,15 @@ class EpochTimer(L.Callback):
 
     def __init__(self):
         self.train, self.val = [], []
+        self._t = None
 
     def on_train_epoch_start(self, trainer, module):
         self._t = time.perf_counter()
 
     def on_validation_epoch_start(self, trainer, module):
-        if trainer.training:              # validation inside fit: close the training epoch first
+        if self._t is not None:           # validation at the end of a training epoch: close that epoch
             self.train.append(time.perf_counter() - self._t)
+            self._t = None
         self._v = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer, module):
