@@ -81,3 +81,20 @@ def last_position(states: Tensor, lengths: Tensor) -> Tensor:
     """
     index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.shape[-1])
     return states.gather(1, index).squeeze(1)
+
+
+class SequentialItemL2:
+    """Regularisation of the sequential backbones (GRU4Rec, SASRec), which have no user embeddings."""
+
+    def regularization(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        r"""L2 on the batch's item embeddings, :math:`(\lVert Q_{i^+}\rVert^2 + \lVert Q_{i^-}\rVert^2) / 2B`.
+
+        Args:
+            users: LongTensor [B]; only its length is used (users have no embedding).
+            pos: LongTensor [B].
+            neg: LongTensor [B] or [B, K].
+
+        Returns:
+            Scalar tensor (RecBole ``EmbLoss(require_pow=True)``).
+        """
+        return embedding_l2(self.item_embedding(pos), self.item_embedding(neg), batch_size=users.shape[0])

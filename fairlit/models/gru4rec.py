@@ -3,10 +3,10 @@
 import torch
 from torch import Tensor, nn
 
-from fairlit.models._common import check_history, embedding_l2, front_align, last_position
+from fairlit.models._common import SequentialItemL2, check_history, front_align, last_position
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(SequentialItemL2, nn.Module):
     r"""Session encoder ``embedding -> dropout -> GRU -> dense``, read at the last real position.
 
     .. math::
@@ -69,16 +69,3 @@ class GRU4Rec(nn.Module):
         states, _ = self.gru(self.emb_dropout(self.item_embedding(history)))  # [B, H, hidden]
         # Dense after the gather: it is per position, so only the last state needs it.
         return self.dense(last_position(states, lengths)), self.item_embedding.weight[: self.num_items]
-
-    def regularization(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        r"""L2 on the batch's item embeddings, :math:`(\lVert Q_{i^+}\rVert^2 + \lVert Q_{i^-}\rVert^2) / 2B`.
-
-        Args:
-            users: LongTensor [B]; only its length is used (users have no embedding).
-            pos: LongTensor [B].
-            neg: LongTensor [B] or [B, K].
-
-        Returns:
-            Scalar tensor (RecBole ``EmbLoss(require_pow=True)``).
-        """
-        return embedding_l2(self.item_embedding(pos), self.item_embedding(neg), batch_size=users.shape[0])

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairlit.models._common import check_history, embedding_l2, front_align, last_position
+from fairlit.models._common import SequentialItemL2, check_history, front_align, last_position
 
 
 class _Block(nn.Module):
@@ -28,7 +28,7 @@ class _Block(nn.Module):
         return self.norm2(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
-class SASRec(nn.Module):
+class SASRec(SequentialItemL2, nn.Module):
     r"""Causal Transformer over the history; the last real position is the user vector.
 
     .. math::
@@ -137,16 +137,3 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x, causal_mask)
         return x
-
-    def regularization(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        r"""L2 on the batch's item embeddings, :math:`(\lVert Q_{i^+}\rVert^2 + \lVert Q_{i^-}\rVert^2) / 2B`.
-
-        Args:
-            users: LongTensor [B]; only its length is used (users have no embedding).
-            pos: LongTensor [B].
-            neg: LongTensor [B] or [B, K].
-
-        Returns:
-            Scalar tensor (RecBole ``EmbLoss(require_pow=True)``).
-        """
-        return embedding_l2(self.item_embedding(pos), self.item_embedding(neg), batch_size=users.shape[0])
