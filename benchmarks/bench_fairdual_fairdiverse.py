@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py
+from harness import markdown_table, time_ms, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO.parent / "shared" / "peers" / "fairdiverse"
@@ -84,7 +85,6 @@ print("RESULT" + json.dumps(out))
 def projection_table(python: Path, sizes=(2, 18, 1000)) -> str:
     """Per-call time of FairDiverse's cvxpy projection vs `project_dual` (CPU, and CUDA when present)."""
     import torch
-    from harness import time_ms
 
     from fairlit.methods._fairdual_projection import project_dual
 
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-work"))
     parser.add_argument("--epochs", type=int, default=6, help="FairDiverse validates at epoch 0 and 5: use 6")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, default=None, help="append the markdown table here")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     parser.add_argument("--projection-only", action="store_true", help="only time the projection")
     parser.add_argument("--sides", nargs="+", default=["fairdiverse", "fairlit"])
     args = parser.parse_args()
@@ -260,12 +260,10 @@ def main() -> None:
                         + [f"{100 * float(res['test'].get(m, float('nan'))):.2f}" for m in METRICS])
             print(rows[-1], flush=True)
     header = ["implementation", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    table = markdown_table(header, rows)
     print(table)
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(f"\n{table}\n")
+        write_section(args.out, "bench_fairdual_fairdiverse", table)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fairdual_fairdiverse import DRIVER, ensure_venv, sampled_test, write_fairdiverse_data  # noqa: E402
+from harness import markdown_table, write_section  # noqa: E402
 
 METRICS = ["ndcg@5", "ndcg@10", "ndcg@20", "mrr@20"]
 
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fairlit-batch", type=int, nargs="+", default=[64, 1024],
                         help="fairlit batch sizes to time (64 = FairDiverse's)")
-    parser.add_argument("--out", type=Path, default=None, help="append the markdown table here")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -124,12 +125,10 @@ def main() -> None:
                         + [f"{100 * float(res['test'].get(m, float('nan'))):.2f}" for m in METRICS])
             print(rows[-1], flush=True)
     header = ["implementation", "batch", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    table = markdown_table(header, rows)
     print(table)
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(f"\n{table}\n")
+        write_section(args.out, "bench_fairneg_fairdiverse", table)
 
 
 if __name__ == "__main__":

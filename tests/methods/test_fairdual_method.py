@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
+from toy_data import write_toy_dataset
 
 from fairlit.data import RecDataModule
 from fairlit.methods import FairDual
@@ -16,17 +17,9 @@ GENRES = ("Action", "Comedy", "Drama", "Horror")
 
 
 def make_data(root: Path, num_users: int = 24, num_items: int = 30, per_user: int = 12, seed: int = 0) -> Path:
-    """RecBole atomic files: every user rates ``per_user`` random items (all positives), 1-2 genres per item."""
-    rng = np.random.default_rng(seed)
-    folder = root / "toy"
-    folder.mkdir()
-    rows = [f"u{u}\ti{i}\t5\t{rng.integers(0, 10**6)}" for u in range(num_users)
-            for i in rng.choice(num_items, per_user, replace=False)]
-    (folder / "toy.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                      + "\n".join(rows) + "\n")
-    items = [f"i{i}\t{' '.join(rng.choice(GENRES, rng.integers(1, 3), replace=False))}" for i in range(num_items)]
-    (folder / "toy.item").write_text("item_id:token\tgenre:token_seq\n" + "\n".join(items) + "\n")
-    return folder
+    """Every user rates ``per_user`` random items (all positives), 1-2 genres per item."""
+    return write_toy_dataset(root, num_users, num_items, per_user, seed,
+                             lambda rng, i: " ".join(rng.choice(GENRES, rng.integers(1, 3), replace=False)))
 
 
 def datamodule(folder: Path, batch_size: int = 32) -> RecDataModule:

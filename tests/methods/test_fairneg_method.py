@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy.stats import chisquare
 from test_fairneg_sampler import oracle_probs
+from toy_data import write_toy_dataset
 
 from fairlit.data import RecDataModule
 from fairlit.methods import DNS, BPR, FairNeg, FairStatic, MeanScoreReg
@@ -21,17 +22,8 @@ GENRES = ("Sci-Fi", "Horror", "Children's")
 
 def make_data(root: Path, num_users: int = 20, num_items: int = 24, per_user: int = 10,
               seed: int = 0) -> Path:
-    """RecBole atomic files: each user rates ``per_user`` random items; item i has GENRES[i % 3] + Drama."""
-    rng = np.random.default_rng(seed)
-    folder = root / "toy"
-    folder.mkdir()
-    rows = [f"u{u}\ti{i}\t5\t{rng.integers(0, 10**6)}" for u in range(num_users)
-            for i in rng.choice(num_items, per_user, replace=False)]
-    (folder / "toy.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                      + "\n".join(rows) + "\n")
-    items = [f"i{i}\t{GENRES[i % 3]} Drama" for i in range(num_items)]
-    (folder / "toy.item").write_text("item_id:token\tgenre:token_seq\n" + "\n".join(items) + "\n")
-    return folder
+    """Each user rates ``per_user`` random items; item i has GENRES[i % 3] + Drama."""
+    return write_toy_dataset(root, num_users, num_items, per_user, seed, lambda rng, i: f"{GENRES[i % 3]} Drama")
 
 
 def datamodule(folder: Path, batch_size: int = 32, **kwargs) -> RecDataModule:
