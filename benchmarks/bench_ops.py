@@ -1,9 +1,10 @@
-"""Benchmark every group_segment / ranking op against its reference and the best native composition.
+"""Benchmark every group_segment / ranking / sparse op against its reference and the best native composition.
 
     python benchmarks/bench_ops.py [--quick] [--out docs/benchmarks.md]
 
 One run times, per case: fairlit's op, `fairlit.ops.reference`, and native PyTorch alternatives
-(`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk).
+(`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk; torch's
+sparse COO `torch.sparse.mm`, which RecBole's LightGCN uses, and sparse CSR matmul).
 Ratios are "time of X / time of fairlit" (> 1: fairlit is faster). Implementations are checked to agree
 before they are timed. CUDA rows are added when a GPU is visible.
 """
@@ -99,6 +100,43 @@ def topk_impls(user, item, k, cand, indptr, indices, with_reference):
     return impls
 
 
+def symmetric_graph(users, items, edges, device):
+    """LightGCN's normalised adjacency of a random bipartite graph with Zipf(1) item popularity, in CSR."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randint(0, users, (edges,), generator=g)
+    popularity = 1.0 / torch.arange(1, items + 1, dtype=torch.float64)
+    i = torch.multinomial(popularity, edges, replacement=True, generator=g)
+    pairs = torch.unique(u * items + i)
+    u, i = pairs // items, pairs % items + users
+    n = users + items
+    rows, cols = torch.cat([u, i]), torch.cat([i, u])
+    deg = torch.bincount(rows, minlength=n).float()
+    order = torch.argsort(rows * n + cols)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(rows, minlength=n).cumsum(0)])
+    values = (deg[rows] * deg[cols]).rsqrt()[order]
+    return indptr.to(device), cols[order].to(device), values.to(device)
+
+
+def csr_matmul_impls(adj, x):
+    n = x.shape[0]
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), adj[0].diff())
+    coo = torch.sparse_coo_tensor(torch.stack([rows, adj[1]]), adj[2], (n, n)).coalesce()
+    csr = torch.sparse_csr_tensor(*adj, (n, n))
+
+    def fwd_bwd(fn):
+        def run():
+            fn(x).sum().backward()
+            x.grad = None
+        return run
+
+    return {
+        "fairlit": fwd_bwd(lambda x: ops.csr_matmul(*adj, x, transpose=adj, validate=False)),
+        "reference": fwd_bwd(lambda x: reference.csr_matmul(*adj, x)),
+        "torch.sparse.mm (COO)": fwd_bwd(lambda x: torch.sparse.mm(coo, x)),
+        "CSR @ x": fwd_bwd(lambda x: csr @ x),
+    }
+
+
 def measure(impls, device, min_run_time):
     out = {}
     for name, fn in impls.items():
@@ -188,6 +226,20 @@ def run(device: str, quick: bool) -> str:
     header_tk = ["B", "I", "C"] + header[3:6] + ["matmul only / fairlit"] + header[7:]
     sections.append("#### `topk_scores` (k = 20, d = 64; full ranking masks ~100 items per row, candidate lists none)\n\n"
                     + markdown_table(header_tk, rows))
+
+    rows = []
+    graphs = [(6_033, 3_123, 700_000), (100_000, 50_000, 5_000_000)] if not quick else [(6_033, 3_123, 700_000)]
+    for users, items, edges in graphs:
+        adj = symmetric_graph(users, items, edges, device)
+        for d in (16, 64):
+            x = torch.randn(users + items, d, device=device, requires_grad=True)
+            torch.testing.assert_close(ops.csr_matmul(*adj, x, transpose=adj), torch.sparse.mm(
+                torch.sparse_csr_tensor(*adj, x.shape[:1] * 2).to_sparse_coo(), x), rtol=1e-4, atol=1e-5)
+            print(f"[{device}] csr_matmul nodes={users + items} nnz={adj[1].numel()} d={d}")
+            rows.append(row((users + items, adj[1].numel(), d), measure(csr_matmul_impls(adj, x), device, t)))
+    header_sp = ["nodes", "nnz", "d"] + header[3:6] + header[7:]
+    sections.append("#### `csr_matmul` (forward + backward; LightGCN's symmetric Â of a Zipf bipartite graph)\n\n"
+                    + markdown_table(header_sp, [r[:6] + r[7:] for r in rows]))
     return f"### {device.upper()}: {machine()}\n\n" + "\n\n".join(sections)
 
 
@@ -201,7 +253,7 @@ def main() -> None:
     for device in args.devices:
         text = run(device, args.quick)
         print(text)
-        write_section(args.out, f"bench_ops {device}", "## Ops: group_segment and ranking\n\n"
+        write_section(args.out, f"bench_ops {device}", "## Ops: group_segment, ranking and sparse\n\n"
                       "`python benchmarks/bench_ops.py` — ratios are time(X) / time(fairlit): above 1 means "
                       "fairlit is faster. Memory = extra peak during one call.\n\n" + text)
 

@@ -113,6 +113,42 @@ inline void check_gain_inputs(const at::Tensor& scores, const at::Tensor& gains,
               ", got ", discounts.sizes());
 }
 
+// Validation shared by the sparse kernels (both devices): A [M, N] in CSR (indptr [M + 1], indices [nnz],
+// values [nnz]) times x [N, D]; the transpose CSR (only read by the backward) must describe an [N, M] matrix
+// with the same nnz. Value checks (indptr order, column range) are done by the CPU kernel as it reads them
+// and by the Python wrapper; the CUDA kernel clamps instead, so malformed input cannot fault the device.
+inline void check_csr_matmul_inputs(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
+                                    const at::Tensor& x, const at::Tensor& t_indptr, const at::Tensor& t_indices,
+                                    const at::Tensor& t_values) {
+  check_index(indptr, "indptr");
+  check_index(indices, "indices");
+  check_float(values, "values");
+  check_float(x, "x");
+  check_dim(indptr, 1, "indptr");
+  check_dim(indices, 1, "indices");
+  check_dim(values, 1, "values");
+  check_dim(x, 2, "x");
+  TORCH_CHECK(indptr.size(0) >= 1, "fairlit: `indptr` must be [M + 1] (at least one entry)");
+  TORCH_CHECK(values.size(0) == indices.size(0), "fairlit: `values` has ", values.size(0), " entries but `indices` has ",
+              indices.size(0));
+  TORCH_CHECK(values.scalar_type() == x.scalar_type(), "fairlit: `values` and `x` dtypes differ");
+  check_same_device(x, indptr, "x", "indptr");
+  check_same_device(x, indices, "x", "indices");
+  check_same_device(x, values, "x", "values");
+  check_index(t_indptr, "t_indptr");
+  check_index(t_indices, "t_indices");
+  check_dim(t_indptr, 1, "t_indptr");
+  TORCH_CHECK(t_indptr.size(0) == x.size(0) + 1, "fairlit: `t_indptr` must be [N + 1] with N = ", x.size(0),
+              " (rows of x), got ", t_indptr.sizes());
+  TORCH_CHECK(t_indices.dim() == 1 && t_values.dim() == 1 && t_indices.size(0) == indices.size(0) &&
+                  t_values.size(0) == indices.size(0),
+              "fairlit: the transpose must have the same nnz (", indices.size(0), ") as the matrix");
+  TORCH_CHECK(t_values.scalar_type() == x.scalar_type(), "fairlit: `t_values` and `x` dtypes differ");
+  check_same_device(x, t_indptr, "x", "t_indptr");
+  check_same_device(x, t_indices, "x", "t_indices");
+  check_same_device(x, t_values, "x", "t_values");
+}
+
 // Loss sums are accumulated and returned in float32 for half inputs: a sum of 1e5 per-sample losses
 // overflows float16.
 inline at::ScalarType loss_dtype(at::ScalarType t) {

@@ -28,4 +28,7 @@ TORCH_LIBRARY(fairlit, m) {
   m.def("neuralsort_backward(Tensor grad, Tensor P, Tensor scores, float tau) -> Tensor");
   m.def("soft_rank_gain(Tensor scores, Tensor gains, float tau, int k, Tensor discounts) -> (Tensor, Tensor, Tensor)");
   m.def("soft_rank_gain_backward(Tensor grad, Tensor scores, Tensor gains, float tau, int k, Tensor discounts, Tensor lse, Tensor dots) -> (Tensor, Tensor)");
+  // sparse family: A @ x for A in CSR; the transpose CSR (t_*) is an input so that the registered backward
+  // (grad_x = A^T @ grad, the same op with the roles swapped) needs no sort. A is a constant (no grad).
+  m.def("csr_matmul(Tensor indptr, Tensor indices, Tensor values, Tensor x, Tensor t_indptr, Tensor t_indices, Tensor t_values) -> Tensor");
 }

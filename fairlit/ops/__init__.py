@@ -5,6 +5,7 @@
 | group_sum, group_mean, group_bpr_loss | group_segment.py |
 | score_candidates, topk_scores | ranking.py |
 | neuralsort, soft_rank_gain (+ helpers soft_ndcg, soft_hit) | soft_sort.py |
+| csr_matmul (+ helper csr_transpose) | sparse.py |
 
 Each op has a pure-PyTorch twin with the same signature in `fairlit.ops.reference`, used when the
 compiled library is unavailable (one warning says why) and as the test oracle. `backend(name)` says
@@ -14,9 +15,11 @@ from ._library import HAS_EXT, backend
 from .group_segment import group_bpr_loss, group_mean, group_sum
 from .ranking import score_candidates, topk_scores
 from .soft_sort import neuralsort, soft_hit, soft_ndcg, soft_rank_gain
+from .sparse import csr_matmul, csr_transpose
 
 OPS = ("group_sum", "group_mean", "group_bpr_loss", "score_candidates", "topk_scores", "neuralsort",
-       "soft_rank_gain")
+       "soft_rank_gain", "csr_matmul")
 
 __all__ = ["HAS_EXT", "OPS", "backend", "group_bpr_loss", "group_mean", "group_sum", "score_candidates",
-           "topk_scores", "neuralsort", "soft_hit", "soft_ndcg", "soft_rank_gain"]
+           "topk_scores", "neuralsort", "soft_hit", "soft_ndcg", "soft_rank_gain",
+           "csr_matmul", "csr_transpose"]

@@ -61,3 +61,18 @@ def id_range(name: str, ids: torch.Tensor, upper: int, what: str) -> None:
 def finite(name: str, t: torch.Tensor) -> None:
     if t.numel() and _reads_values() and bool(torch.isnan(t).any()):
         raise ValueError(f"`{name}` contains NaN")
+
+
+def csr(indptr_name: str, indptr: torch.Tensor, indices_name: str, indices: torch.Tensor, rows: int, rows_doc: str,
+        cols: int, what: str, validate: bool) -> None:
+    """Check a CSR structure of `rows` rows whose column ids (`what`) lie in [0, cols)."""
+    index(indptr_name, indptr)
+    index(indices_name, indices)
+    if indptr.shape != (rows + 1,):
+        raise ValueError(f"`{indptr_name}` must be [{rows_doc}] = [{rows + 1}], got {tuple(indptr.shape)}")
+    ndim(indices_name, indices, (1,), "[nnz]")
+    if validate and _reads_values():
+        id_range(indices_name, indices, cols, what)
+        if int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel() or bool((indptr.diff() < 0).any()):
+            raise ValueError(f"`{indptr_name}` must be non-decreasing, start at 0 and end at "
+                             f"len({indices_name}) = {indices.numel()}")

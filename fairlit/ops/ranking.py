@@ -78,21 +78,10 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
     if (exclude_indptr is None) != (exclude_indices is None):
         raise ValueError("pass both `exclude_indptr` and `exclude_indices`, or neither")
     if exclude_indptr is not None:
-        check.index("exclude_indptr", exclude_indptr)
-        check.index("exclude_indices", exclude_indices)
+        check.csr("exclude_indptr", exclude_indptr, "exclude_indices", exclude_indices, user_emb.shape[0], "B + 1",
+                  num_items, "item id", validate)
         check.same_device(("user_emb", user_emb), ("exclude_indptr", exclude_indptr),
                           ("exclude_indices", exclude_indices))
-        if exclude_indptr.shape != (user_emb.shape[0] + 1,):
-            raise ValueError(f"`exclude_indptr` must be [B + 1] = [{user_emb.shape[0] + 1}], "
-                             f"got {tuple(exclude_indptr.shape)}")
-        check.ndim("exclude_indices", exclude_indices, (1,), "[nnz]")
-        if validate:
-            check.id_range("exclude_indices", exclude_indices, num_items, "item id")
-            if not torch.compiler.is_compiling() and (
-                    int(exclude_indptr[0]) != 0 or int(exclude_indptr[-1]) != exclude_indices.numel()
-                    or bool((exclude_indptr.diff() < 0).any())):
-                raise ValueError("`exclude_indptr` must be non-decreasing, start at 0 and end at "
-                                 f"len(exclude_indices) = {exclude_indices.numel()}")
     if validate:
         check.finite("user_emb", user_emb)
         check.finite("item_emb", item_emb)

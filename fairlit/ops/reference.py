@@ -158,3 +158,16 @@ def soft_rank_gain_dense(scores: torch.Tensor, gains: torch.Tensor, tau: float, 
     p = neuralsort_dense(scores.to(acc), tau, k)
     disc = _dcg_discounts(k, acc, scores.device) if discounts is None else discounts.to(acc)
     return ((p * gains.to(acc).unsqueeze(-2)).sum(-1) * disc).sum(-1).to(scores.dtype)
+
+
+def csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+               transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """A @ x with A [M, N] in CSR (indptr [M + 1], indices [nnz], values [nnz]) and x [N, D] -> [M, D].
+
+    out[r] = sum of values[e] * x[indices[e]] over row r's entries, via an [nnz, D] gather (autograd supplies
+    the backward, so `transpose` is not needed).
+    """
+    acc = _acc_dtype(x.dtype)
+    rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1, device=indptr.device), indptr.diff())
+    terms = values.to(acc).unsqueeze(1) * x.to(acc).index_select(0, indices)
+    return x.new_zeros((indptr.numel() - 1, x.shape[1]), dtype=acc).index_add(0, rows, terms).to(x.dtype)

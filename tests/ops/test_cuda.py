@@ -18,7 +18,7 @@ pytestmark = [
 ]
 
 OPS = ("group_sum", "group_mean", "group_bpr_loss", "group_bpr_loss_backward", "score_candidates",
-       "score_candidates_backward", "topk_scores")
+       "score_candidates_backward", "topk_scores", "csr_matmul")
 CHUNK_ROWS = 2048          # kChunkRows in group_segment.cu
 TILE_ELEMS = (256 << 20) // 8  # B * T of one item tile in ranking.cu
 
@@ -263,6 +263,40 @@ def test_topk_scores_infinite_scores_rank_above_exclusions():
 
 # ---- opcheck ----------------------------------------------------------------------------------------
 
+# ---- sparse ----------------------------------------------------------------------------------------
+
+def _csr(rows, cols, max_per_row, seed, dtype):
+    lengths = _ints((rows,), 0, max_per_row + 1, seed)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    return indptr, _ints((int(indptr[-1]),), 0, cols, seed + 1), _rand((int(indptr[-1]),), dtype, seed + 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, n, d, per_row", [(0, 4, 8, 3), (5, 0, 8, 0), (7, 9, 0, 4), (50, 40, 1, 6),
+                                              (50, 40, 64, 6), (300, 200, 130, 20), (3000, 2000, 300, 3)])
+def test_csr_matmul_and_gradient_match_reference(dtype, m, n, d, per_row):
+    # d = 130 / 300 take two / three 128-column passes of a warp; 3000 rows span many blocks.
+    indptr, indices, values = _csr(m, n, per_row if n else 0, m + d, dtype)
+    x = _rand((n, d), dtype, 5, noncontig=True)
+    x_c = x.cuda().requires_grad_()
+    out = ops.csr_matmul(*_cuda(indptr, indices, values), x_c)
+    want = reference.csr_matmul(indptr, indices, values, x)
+    torch.testing.assert_close(out.cpu(), want, **tol(dtype, 4 * (per_row + 1) ** 0.5))
+    if out.numel():
+        upstream = _rand((m, d), dtype, 6)
+        (grad,) = torch.autograd.grad(out, x_c, upstream.cuda())
+        x_ref = x.clone().requires_grad_()
+        (want_grad,) = torch.autograd.grad(reference.csr_matmul(indptr, indices, values, x_ref), x_ref, upstream)
+        torch.testing.assert_close(grad.cpu(), want_grad, **tol(dtype, 4 * (m * per_row / max(n, 1) + 1) ** 0.5))
+
+
+def test_csr_matmul_is_bitwise_reproducible():
+    indptr, indices, values = _cuda(*_csr(2000, 500, 40, 0, torch.float32))
+    x = _rand((500, 64), torch.float32, 1).cuda()
+    first = ops.csr_matmul(indptr, indices, values, x)
+    assert all(torch.equal(first, ops.csr_matmul(indptr, indices, values, x)) for _ in range(3))
+
+
 def test_opcheck_on_cuda():
     v = _rand((40, 3), torch.float64, 0).cuda().requires_grad_()
     g = _ints((40,), 0, 5, 1).cuda()
@@ -290,6 +324,10 @@ def test_opcheck_on_cuda():
                  (user.detach().half(), item.detach().half(), 12, None, indptr, indices),
                  (user.detach(), item.detach(), 12, rows[0], indptr, indices)):
         torch.library.opcheck(torch.ops.fairlit.topk_scores, args)
+    csr = _cuda(*_csr(6, 9, 4, 8, torch.float64))
+    csr_t = ops.csr_transpose(*csr, 9)
+    x = _rand((9, 5), torch.float64, 9).cuda().requires_grad_()
+    torch.library.opcheck(torch.ops.fairlit.csr_matmul, (*csr, x, *csr_t))
 
 
 # ---- out-of-range ids with validate=False: skipped, never dereferenced ------------------------------
@@ -351,3 +389,16 @@ def test_out_of_range_item_ids_are_skipped():
             assert not torch.isnan(values.float()).any()
             assert torch.isneginf(values[ids == -1].float()).all()
     torch.cuda.synchronize()
+
+
+def test_out_of_range_csr_entries_are_skipped():
+    # Column ids outside [0, N) contribute nothing; row spans past nnz or decreasing are clamped.
+    x = _rand((5, 40), torch.float32, 0)
+    indptr = torch.tensor([0, 3, 2, 6, 40])
+    indices = torch.tensor([1, -1, 5, 2**40, 4, 0])
+    values = torch.ones(6)
+    t = ops.csr_transpose(torch.tensor([0, 6]), torch.zeros(6, dtype=torch.long), values, 5)  # shapes only
+    out = ops.csr_matmul(*_cuda(indptr, indices, values, x), tuple(t_.cuda() for t_ in t), validate=False)
+    torch.cuda.synchronize()
+    want = torch.stack([x[1], torch.zeros(40), x[4] + x[0], torch.zeros(40)])
+    torch.testing.assert_close(out.cpu(), want)
