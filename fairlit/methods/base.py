@@ -150,7 +150,11 @@ class RecModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # The fused (single-kernel) Adam: on CPU it is ~2.5x faster than the foreach one for embedding tables,
+        # which dominates a BPR-MF step. It supports CPU and CUDA parameters (torch >= 2.4).
+        params = [p for p in self.parameters() if p.requires_grad]
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
 
     # ----------------------------------------------------------------------------------------- group state
     def all_reduce_sum(self, *stats: Tensor) -> tuple[Tensor, ...]:
