@@ -156,9 +156,9 @@ class FairDual(WeightedLoss):
         util = valid.double() if self.opts["signal"] == "exposure" else torch.sigmoid(
             top_values.double()).masked_fill(~valid, 0.0)
         pos = batch["pos"]
-        consumed = (self.groups.scatter(pos, util.sum(1)) if self.opts["signal"] == "paper_literal"
-                    else self.groups.scatter(top_items, util))                  # [G] this rank's D
+        literal = self.opts["signal"] == "paper_literal"
         if self.opts["weight_mode"] == "target_group":
+            consumed = self.groups.scatter(pos, util.sum(1)) if literal else self.groups.scatter(top_items, util)
             weights = (1 - self.groups.mix(pos, self.mu)).clamp(min=self.hparams.s_min)
             stats = torch.cat([consumed, consumed.new_tensor([len(pos)])])
         else:
@@ -166,6 +166,8 @@ class FairDual(WeightedLoss):
             per_row = torch.zeros(len(pos), self.mu.numel(), dtype=torch.float64, device=user.device)
             per_row.scatter_add_(1, group.flatten(1), (w.double() * util.unsqueeze(-1)).flatten(1))
             bw = (per_row * self.mu).mean(1)                                     # [B]
+            # D [G] = Σ_b per_row[b] (the same slots, already resolved by group) unless paper_literal.
+            consumed = self.groups.scatter(pos, util.sum(1)) if literal else per_row.sum(0)
             stats = torch.cat([consumed, consumed.new_tensor([len(pos)]), bw.sum().view(1)])
         (stats,) = self.all_reduce_sum(stats)
         groups = self.mu.numel()
@@ -174,8 +176,10 @@ class FairDual(WeightedLoss):
             # The code divides by Σbw unguarded; a zero sum (μ = 0 or no slot) would give NaN: use s = 1.
             weights = torch.where(total != 0, 1 - bw / torch.where(total != 0, total, 1.0), 1.0)
         self._update(stats[:groups], stats[groups])
-        self._log_stats({"dual/s_mean": weights.mean().float(), "dual/s_min": weights.min().float(),
-                         "dual/s_clamped": (weights <= self.hparams.s_min).float().mean()})
+        if self._logging_step():
+            self.log_dict({"dual/s_mean": weights.mean().float(), "dual/s_min": weights.min().float(),
+                           "dual/s_clamped": (weights <= self.hparams.s_min).float().mean()}, on_step=True,
+                          on_epoch=False, batch_size=1)
         return weights.to(out.loss.dtype)
 
     def _update(self, consumed: Tensor, batch_rows: Tensor) -> None:
@@ -189,12 +193,14 @@ class FairDual(WeightedLoss):
         self.mu.copy_(new_mu)
         self.batch_counter += 1
         self._t += 1
-        self._log_stats({"dual/mu_min": self.mu.min().float(), "dual/mu_max": self.mu.max().float(),
-                         "dual/gamma_sum": self.gamma.sum().float(), "dual/gmom_norm": self.gmom.norm().float(),
-                         "dual/neg_mass": (self.mhat * self.mu.clamp(max=0)).sum().float()})  # = -λ: projected
+        if self._logging_step():
+            self.log_dict({"dual/mu_min": self.mu.min().float(), "dual/mu_max": self.mu.max().float(),
+                           "dual/gamma_sum": self.gamma.sum().float(), "dual/gmom_norm": self.gmom.norm().float(),
+                           "dual/neg_mass": (self.mhat * self.mu.clamp(max=0)).sum().float()},  # = -λ: projected
+                          on_step=True, on_epoch=False, batch_size=1)
 
-    def _log_stats(self, stats: dict[str, Tensor]) -> None:
-        # Only on logging steps: Lightning's per-call log overhead is larger than the whole dual step.
-        # Direct calls (tests, simulations) have no trainer and log nothing.
-        if self._trainer is not None and self._t % self.trainer.log_every_n_steps == 0:
-            self.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
+    def _logging_step(self) -> bool:
+        # Statistics are computed and logged only on logging steps: Lightning's per-call log overhead and the
+        # ~15 small ops behind them cost more than the dual step. Direct calls (tests, simulations) have no
+        # trainer and log nothing.
+        return self._trainer is not None and self._t % self.trainer.log_every_n_steps == 0
