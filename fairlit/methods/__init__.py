@@ -1,6 +1,7 @@
 """LightningModules: the shared base and one module per method."""
 from fairlit.methods.base import RecModule
 from fairlit.methods.bpr import BPR
+from fairlit.methods.dpr import DPR
 from fairlit.methods.fairdual import FairDual
 from fairlit.methods.fairneg import FairNeg
 from fairlit.methods.fairneg_reg import MeanScoreReg
@@ -9,4 +10,4 @@ from fairlit.methods.reweighting_baselines import DRO, FOCF, SDRO, GroupVarReg, 
 from fairlit.methods.weighted import UNI, WeightedLoss
 
 __all__ = ["BPR", "DRO", "FOCF", "SDRO", "UNI", "FairDual", "GroupVarReg", "IFairLRS", "Maxmin", "Prop",
-           "RecModule", "WeightedLoss", "DNS", "NNCF", "FairNeg", "FairStatic", "MeanScoreReg"]
+           "RecModule", "WeightedLoss", "DNS", "NNCF", "FairNeg", "FairStatic", "MeanScoreReg", "DPR"]

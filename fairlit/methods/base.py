@@ -69,6 +69,14 @@ class RecModule(L.LightningModule):
                 if dm.item_group is not None:
                     self.metrics[stage]["group_recall"] = GroupRecall(dm.item_group, groups, self.ks)
 
+    def register_item_groups(self, method: str) -> None:
+        """Install the data module's group of every item as the non-persistent buffer ``item_group`` [I] (it
+        follows the module's device), for methods defined for one group per item."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or dm.item_group is None:
+            raise ValueError(f"{method} needs a data module with one item group per item (data.item_group)")
+        self.register_buffer("item_group", dm.item_group.clone(), persistent=False)
+
     # ----------------------------------------------------------------------------------------- scoring
     def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(user vectors [B, d], item vectors [I, d]) of a batch."""
@@ -140,14 +148,18 @@ class RecModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)
-        # Step logs are only written every log_every_n_steps; skipping the call in between saves Lightning's
-        # per-call overhead, which is larger than a whole small-model step on CPU. The finiteness check rides
-        # on the same steps: it reads the loss on the host (a sync on GPU), and a NaN persists once it appears.
+        self.log_training_loss(loss, len(batch["user"]))
+        return loss
+
+    def log_training_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Log ``train/loss`` and fail on a non-finite loss, every ``log_every_n_steps`` batches only."""
+        # Skipping the call in between saves Lightning's per-call overhead, which is larger than a whole
+        # small-model step on CPU. The finiteness check rides on the same steps: it reads the loss on the
+        # host (a sync on GPU), and a NaN persists once it appears.
         if self.global_step % self.trainer.log_every_n_steps == 0:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["user"]))
-        return loss
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
 
     def configure_optimizers(self):
         # The fused (single-kernel) Adam: on CPU it is ~2.5x faster than the foreach one for embedding tables,

@@ -28,21 +28,15 @@ class MeanScoreReg(BPR):
                              f"{self.hparams.num_item_groups} (use ML1M-2, not ML1M-4)")
         if reg_lambda < 0:
             raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
-        self._item_group: Tensor | None = None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or dm.item_group is None:
-            raise ValueError("MeanScoreReg needs a data module with item groups (data.item_group)")
-        self._item_group = dm.item_group
+        self.register_item_groups("MeanScoreReg")
 
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         loss = super().training_loss(batch)
         pos = batch["pos"]
-        if self._item_group.device != pos.device:
-            self._item_group = self._item_group.to(pos.device)
         scores = self.score(batch, pos.unsqueeze(1)).squeeze(1)                          # [B]
-        mean, count = ops.group_mean(scores, self._item_group[pos], 2, validate=False)   # [2], [2]
+        mean, count = ops.group_mean(scores, self.item_group[pos], 2, validate=False)   # [2], [2]
         gap = (mean[0] - mean[1]) * (count > 0).all()
         return loss + self.hparams.reg_lambda * gap.square()

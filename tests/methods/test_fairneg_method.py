@@ -170,7 +170,7 @@ def test_mean_score_reg_penalty(tmp_path):
     folder = make_data(tmp_path)
     dm = datamodule(folder, item_group_genres=["Sci-Fi", "Horror"])
     m = module(dm, MeanScoreReg, reg_lambda=0.3)
-    m._item_group = dm.item_group
+    m.register_buffer("item_group", dm.item_group, persistent=False)
     batch = {"user": torch.tensor([0, 1, 2]), "pos": torch.tensor([0, 1, 2]),
              "neg": torch.tensor([[3], [4], [5]])}
     s = m.score(batch, batch["pos"].unsqueeze(1)).squeeze(1)
