@@ -176,25 +176,92 @@ class IFairLRS(WeightedLoss):
 
 
 class Maxmin(_GroupReweighting):
-    r"""Min-max fairness by worst-group emphasis (Abernethy et al., 2022; FairDiverse ``Minmax_SGD``):
-    :math:`q_g = p`, except :math:`q_{g^*} = 1 − p` for :math:`g^* = \arg\max_g L_g` (weights not normalised).
+    r"""Min-max fairness by worst-group emphasis (Abernethy et al., 2022), in two modes (spec §5).
+
+    * ``mode="reweight"`` (FairDiverse ``Minmax_SGD``): :math:`q_g = p`, except :math:`q_{g^*} = 1 − p` for
+      :math:`g^* = \arg\max_g L_g` of the batch (weights not normalised).
+    * ``mode="resample"`` (the paper's active sampling): every row of a training batch is replaced, with
+      probability 1 − p, by a training row drawn uniformly among those whose target item belongs to the
+      current worst group g*, and the loss is unweighted. g* is the argmax of the group losses L_g of the
+      previous (resampled) batch, summed over all ranks, kept in the checkpointed buffer ``worst_group``
+      (−1, no resampling, before the first step). Reading g* costs one host sync per step.
 
     Args:
-        p: weight of the other groups.
+        p: weight of the other groups (reweight) / probability of keeping a row (resample).
+        mode: ``"reweight"`` or ``"resample"``.
+        sample_seed: seed of the resampling stream (step t of rank r draws with ``sample_seed + t·W + r``).
     """
 
     normalize = False
 
-    def __init__(self, *args, p: float = 0.02, **kwargs):
+    def __init__(self, *args, p: float = 0.02, mode: str = "reweight", sample_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
         if not 0 <= p <= 1:
             raise ValueError(f"p must lie in [0, 1], got {p}")
+        if mode not in ("reweight", "resample"):
+            raise ValueError(f"mode must be 'reweight' or 'resample', got {mode!r}")
+        self.register_buffer("worst_group", torch.tensor(-1))
+        self._group_rows: tuple[Tensor, Tensor] | None = None
 
     def group_weights(self, losses: Tensor, counts: Tensor, out: Forward) -> Tensor:
         worst = _present(losses, counts, -math.inf).argmax()
         q = torch.full_like(losses, self.hparams.p)
         return q.index_fill(0, worst.view(1), 1 - self.hparams.p)
+
+    def group_training_rows(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """CSR ``(indptr [G + 1], rows)``: the training rows whose item (``items`` [N]) belongs to each group."""
+        group, weight = self.groups.rows(items.to(self.groups.group.device))
+        member = torch.zeros(len(items), self.hparams.num_item_groups, dtype=torch.int32, device=group.device)
+        member.scatter_add_(1, group, (weight > 0).to(torch.int32))             # padding slots add 0
+        by_group = (member.T > 0).nonzero()                                      # (g, row), sorted by g
+        counts = torch.bincount(by_group[:, 0], minlength=self.hparams.num_item_groups)
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)]).cpu(), by_group[:, 1].cpu()
+
+    def resample(self, batch: dict[str, Tensor], rows: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Replace each row of ``batch`` with probability 1 − p by a random training row of group g*.
+
+        ``rows`` holds the training table the rows come from (``user``, ``pos``, ``neg`` and optionally
+        ``history``, first dimension N, on the CPU).
+        """
+        worst = int(self.worst_group)
+        if worst < 0:
+            return batch
+        indptr, members = self._group_rows
+        lo, hi = int(indptr[worst]), int(indptr[worst + 1])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        gen = torch.Generator().manual_seed(self.hparams.sample_seed + self.global_step * world + self.global_rank)
+        size = len(batch["pos"])
+        replace = torch.rand(size, generator=gen) >= self.hparams.p
+        picked = members[lo + torch.randint(0, hi - lo, (size,), generator=gen)]
+        out = {}
+        for key, value in batch.items():
+            if key in rows:
+                mask = replace.view(-1, *([1] * (value.dim() - 1))).to(value.device)
+                value = torch.where(mask, rows[key][picked].to(value.device), value)
+            out[key] = value
+        return out
+
+    def on_train_start(self) -> None:
+        if self.hparams.mode == "resample":
+            data = self.trainer.train_dataloader.dataset
+            self._group_rows = self.group_training_rows(data.items)
+
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.hparams.mode == "resample":
+            data = self.trainer.train_dataloader.dataset
+            table = {"user": data.users, "pos": data.items, "neg": data.neg}
+            if data.history is not None:
+                table["history"] = data.history
+            batch = self.resample(batch, table)
+        return super().training_loss(batch)
+
+    def sample_weights(self, batch: dict[str, Tensor], out: Forward) -> Tensor | None:
+        if self.hparams.mode == "reweight":
+            return super().sample_weights(batch, out)
+        losses, counts = self.group_losses(batch["pos"], out.loss)               # summed over all ranks
+        self.worst_group.copy_(_present(losses, counts, -math.inf).argmax())
+        return None
 
 
 class _ScoreRegularizer(WeightedLoss):

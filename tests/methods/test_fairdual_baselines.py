@@ -51,6 +51,45 @@ def test_maxmin_weights():
     torch.testing.assert_close(weights, torch.tensor([0.1, 0.1, 0.1, 0.9]))
 
 
+def test_maxmin_resample_tracks_the_worst_group_and_leaves_the_loss_unweighted():
+    model = build(Maxmin, mode="resample")
+    assert int(model.worst_group) == -1
+    assert model.sample_weights({"pos": POS}, forward(LOSS)) is None
+    assert int(model.worst_group) == 2                                # L = (4/2.1, 0.5/1.1, 2.5/1.1)
+
+
+def test_maxmin_group_training_rows_lists_every_member():
+    model = build(Maxmin, mode="resample")
+    # Items 0 and 3 also belong to group 2 (multi-group rows of Â).
+    model.set_item_groups(torch.tensor([0, 2, 3, 4, 6, 7, 8]), torch.tensor([0, 2, 0, 1, 1, 2, 2, 0]),
+                              torch.tensor([0.5, 0.5, 1, 1, 0.5, 0.5, 1, 1]))
+    items = torch.tensor([3, 0, 5, 2, 4, 1, 3])
+    indptr, rows = model.group_training_rows(items)
+    groups_of = {0: {0, 2}, 1: {0}, 2: {1}, 3: {1, 2}, 4: {2}, 5: {0}}
+    for g in range(3):
+        assert set(rows[indptr[g]:indptr[g + 1]].tolist()) == {r for r, i in enumerate(items.tolist())
+                                                               if g in groups_of[i]}
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_maxmin_resample_replaces_rows_with_worst_group_rows(p):
+    model = build(Maxmin, mode="resample", p=p)
+    items = torch.tensor([0, 1, 2, 3, 4, 5, 4, 2])
+    table = {"user": torch.arange(8) + 100, "pos": items, "neg": torch.arange(8).view(8, 1) + 200}
+    model._group_rows = model.group_training_rows(items)
+    batch = {"user": torch.zeros(400, dtype=torch.long), "pos": torch.zeros(400, dtype=torch.long),
+             "neg": torch.zeros(400, 1, dtype=torch.long)}
+    assert model.resample(batch, table) is batch                      # no worst group yet
+    model.worst_group.fill_(2)                                         # group 2 = item 4 only (rows 4, 6)
+    out = model.resample(batch, table)
+    replaced = out["user"] != 0
+    assert set(out["user"][replaced].tolist()) <= {104, 106}
+    assert (GROUP[out["pos"][replaced]] == 2).all()
+    assert torch.equal(out["neg"][replaced, 0] - 200, out["user"][replaced] - 100)  # whole rows move together
+    share = replaced.float().mean().item()
+    assert share == {0.0: 1.0, 1.0: 0.0}.get(p, share) and (p != 0.5 or 0.4 < share < 0.6)
+
+
 def test_prop_group_loss_weights_have_mean_one_and_follow_the_loss():
     weights = build(Prop, eta=1.0).sample_weights({"pos": POS}, forward(LOSS))
     q = torch.exp(0.5 + 0.5 * torch.tensor([4 / 2.1, 4 / 2.1, 0.5 / 1.1, 2.5 / 1.1]))
@@ -94,7 +133,7 @@ def test_reg_and_focf_regularizers():
 
 
 CLASSES = [(UNI, {}), (FairDual, dict(num_samples=10, topk=3, beta=2)), (DRO, {}), (DRO, dict(mode="chi2")),
-           (SDRO, {}), (Prop, {}), (IFairLRS, {}), (Maxmin, {}), (FOCF, {}), (GroupVarReg, {})]
+           (SDRO, {}), (Prop, {}), (IFairLRS, {}), (Maxmin, {}), (Maxmin, dict(mode="resample", p=0.5)), (FOCF, {}), (GroupVarReg, {})]
 
 
 @pytest.mark.parametrize("cls, kwargs", CLASSES, ids=[f"{c.__name__}-{k}" for c, k in CLASSES])
