@@ -125,13 +125,13 @@ def relative(dataset: str, results: dict[str, list[dict[str, float]]], k: int, p
         return ""
     mean = {m: {key: statistics.fmean(r[f"{key}@{k}"] for r in results[m]) for key, _ in METRICS}
             for m in (uns, fairneg)}
-    disp = 1 - mean[fairneg]["recall_disp"] / mean[uns]["recall_disp"]
+    disp = mean[fairneg]["recall_disp"] / mean[uns]["recall_disp"] - 1
     ndcg = mean[fairneg]["ndcg"] / mean[uns]["ndcg"] - 1
     paper = PAPER[k][dataset]
-    p_disp = 1 - paper[fairneg][0] / paper[uns][0]
+    p_disp = paper[fairneg][0] / paper[uns][0] - 1
     p_ndcg = paper[fairneg][3] / paper[uns][3] - 1
     backbone = "LightGCN" if prefix else "MF"
-    return (f"{backbone} FairNeg vs UNS on {dataset}: Recall-Disp@{k} −{100 * disp:.1f} % (paper −{100 * p_disp:.1f} %), "
+    return (f"{backbone} FairNeg vs UNS on {dataset}: Recall-Disp@{k} {100 * disp:+.1f} % (paper {100 * p_disp:+.1f} %), "
             f"NDCG@{k} {100 * ndcg:+.1f} % (paper {100 * p_ndcg:+.1f} %).")
 
 
