@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import machine, markdown_table, peak_memory_mb, time_ms, write_section  # noqa: E402
 
 from fairlit import ops  # noqa: E402
+from fairlit.models import LightGCN  # noqa: E402
 from fairlit.ops import reference  # noqa: E402
 
 ONE_HOT_LIMIT = 2**31          # bytes: skip one-hot matmul beyond this
@@ -101,20 +102,15 @@ def topk_impls(user, item, k, cand, indptr, indices, with_reference):
 
 
 def symmetric_graph(users, items, edges, device):
-    """LightGCN's normalised adjacency of a random bipartite graph with Zipf(1) item popularity, in CSR."""
+    """LightGCN's normalised adjacency Â (as `fairlit.models.LightGCN` builds it) of a random bipartite graph
+    with Zipf(1) item popularity, in CSR."""
     g = torch.Generator().manual_seed(0)
     u = torch.randint(0, users, (edges,), generator=g)
     popularity = 1.0 / torch.arange(1, items + 1, dtype=torch.float64)
     i = torch.multinomial(popularity, edges, replacement=True, generator=g)
-    pairs = torch.unique(u * items + i)
-    u, i = pairs // items, pairs % items + users
-    n = users + items
-    rows, cols = torch.cat([u, i]), torch.cat([i, u])
-    deg = torch.bincount(rows, minlength=n).float()
-    order = torch.argsort(rows * n + cols)
-    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(rows, minlength=n).cumsum(0)])
-    values = (deg[rows] * deg[cols]).rsqrt()[order]
-    return indptr.to(device), cols[order].to(device), values.to(device)
+    model = LightGCN(users, items, dim=1, num_layers=1)
+    model.set_interactions(u, i)
+    return model.adj_indptr.to(device), model.adj_indices.to(device), model.adj_values.to(device)
 
 
 def csr_matmul_impls(adj, x):

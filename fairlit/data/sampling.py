@@ -19,7 +19,7 @@ def build_csr(rows: Tensor, cols: Tensor, num_rows: int) -> tuple[Tensor, Tensor
     """
     width = int(cols.max()) + 1 if cols.numel() else 1
     key = torch.unique(rows * width + cols)  # sorted, so rows come out grouped with sorted columns
-    indptr = torch.zeros(num_rows + 1, dtype=torch.long)
+    indptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
     indptr[1:] = torch.cumsum(torch.bincount(key // width, minlength=num_rows), 0)
     return indptr, key % width
 

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from fairlit import ops
+from fairlit.data.sampling import build_csr
 from fairlit.models._common import embedding_l2
 
 
@@ -70,20 +71,15 @@ class LightGCN(nn.Module):
             raise ValueError("interaction ids out of range [0, num_users) x [0, num_items)")
         device, dtype = self.user_embedding.weight.device, self.user_embedding.weight.dtype
         users, items = users.to(device, torch.long), items.to(device, torch.long)
-        # Binary R: RecBole builds A from a dict, so repeated (u, i) pairs collapse into one edge.
-        edges = torch.unique(users * self.num_items + items)
-        u, i = edges // self.num_items, edges % self.num_items
-        deg_u = torch.bincount(u, minlength=self.num_users).to(dtype)
-        deg_i = torch.bincount(i, minlength=self.num_items).to(dtype)
-        w = deg_u[u].rsqrt() * deg_i[i].rsqrt()  # Â_{u,i} = 1 / sqrt(d_u d_i); only edges are stored.
-        i = i + self.num_users
         n = self.num_users + self.num_items
-        rows, cols = torch.cat([u, i]), torch.cat([i, u])
-        order = torch.argsort(rows * n + cols)  # CSR: by row, then column
-        counts = torch.bincount(rows, minlength=n)
-        self.adj_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        self.adj_indices = cols[order]
-        self.adj_values = torch.cat([w, w])[order]
+        items = items + self.num_users
+        # Binary R: RecBole builds A from a dict, so repeated (u, i) pairs collapse into one edge (build_csr
+        # stores each pair once, columns sorted within a row). Â is symmetric: both directions are rows.
+        indptr, indices = build_csr(torch.cat([users, items]), torch.cat([items, users]), n)
+        degree = indptr.diff()
+        norm = degree.to(dtype).rsqrt()  # Â_{u,i} = 1 / sqrt(d_u d_i); only edges are stored
+        self.adj_indptr, self.adj_indices = indptr, indices
+        self.adj_values = norm[torch.repeat_interleave(torch.arange(n, device=device), degree)] * norm[indices]
 
     def propagate(self) -> tuple[Tensor, Tensor]:
         """Run L propagation layers and average them.
