@@ -134,14 +134,17 @@ def write_fairdiverse_data(work: Path) -> None:
                                                      header=["item_id:token", "genre:token", "movie_title:token"])
 
 
-def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int) -> dict:
-    cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": True, "rank_model": "FairDual",
+def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model: str = "FairDual",
+                    prelude: str = "") -> dict:
+    """Train FairDiverse's ``rank_model`` on BPR-MF (ML-100K protocol above) and time it; ``prelude`` is Python
+    run before the driver (e.g. a patch of the peer)."""
+    cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": True, "rank_model": rank_model,
            "epoch": epochs, "eval_step": 5, "device": "cpu", "batch_size": 64, "learning_rate": 1e-3,
-           "topk": [5, 10, 20], "log_name": "bench", "watch_metric": "ndcg@5", "fairness_type": "Exposure",
-           "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": False, "reprocess": True,
-           "use_llm": False, "eval_type": "ranking"}
+           "topk": [5, 10, 20], "log_name": f"bench_{rank_model.lower()}", "watch_metric": "ndcg@5",
+           "fairness_type": "Exposure", "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": False,
+           "reprocess": True, "use_llm": False, "eval_type": "ranking"}
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")   # README fact 4
-    proc = subprocess.run([str(python), "-c", DRIVER, json.dumps(cfg), str(seed)], cwd=work, env=env,
+    proc = subprocess.run([str(python), "-c", prelude + DRIVER, json.dumps(cfg), str(seed)], cwd=work, env=env,
                           capture_output=True, text=True, check=False)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     if proc.returncode or not line:

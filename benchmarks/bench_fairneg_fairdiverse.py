@@ -14,16 +14,14 @@ losses; fairlit's follows the paper (all non-interacted items, G-BCE over all po
 seconds per training epoch (evaluation excluded) and per evaluation pass.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fairdual_fairdiverse import DRIVER, ensure_venv, sampled_test, write_fairdiverse_data  # noqa: E402
+from bench_fairdual_fairdiverse import ensure_venv, run_fairdiverse, sampled_test, write_fairdiverse_data  # noqa: E402
 from harness import markdown_table, write_section  # noqa: E402
 
 METRICS = ["ndcg@5", "ndcg@10", "ndcg@20", "mrr@20"]
@@ -39,25 +37,6 @@ _fairneg = _sys.modules["fairdiverse.recommendation.rank_model.FairNeg"]   # the
 _fairneg.random = _types.SimpleNamespace(sample=lambda pop, k: _random.sample(pop, min(k, len(pop))),
                                          choices=_random.choices)
 '''
-
-
-def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int) -> dict:
-    cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": True,
-           "rank_model": "FairNeg", "epoch": epochs, "eval_step": 5, "device": "cpu", "batch_size": 64,
-           "learning_rate": 1e-3, "topk": [5, 10, 20], "log_name": "bench_fairneg", "watch_metric": "ndcg@5",
-           "fairness_type": "Exposure",
-           "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": False, "reprocess": True,
-           "use_llm": False, "eval_type": "ranking"}
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(python), "-c", PATCH + DRIVER, json.dumps(cfg), str(seed)], cwd=work, env=env,
-                          capture_output=True, text=True)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
-    if proc.returncode or not line:
-        raise RuntimeError(f"FairDiverse failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    out = json.loads(line[0][6:])
-    out["epoch_s"] = (out["total"] - sum(out["evals"])) / epochs
-    out["eval_s"] = out["evals"][0] if out["evals"] else float("nan")
-    return out
 
 
 def run_fairlit(epochs: int, seed: int, batch_size: int) -> dict:
@@ -116,7 +95,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         runs = [("FairDiverse 1.0.0 FairNeg", 64,
-                 lambda: run_fairdiverse(python, args.work, args.epochs, seed))]
+                 lambda: run_fairdiverse(python, args.work, args.epochs, seed, "FairNeg", PATCH))]
         runs += [("fairlit FairNeg", b, lambda b=b: run_fairlit(args.epochs, seed, b))
                  for b in args.fairlit_batch]
         for name, batch, fn in runs:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import machine, markdown_table, write_section  # noqa: E402

@@ -162,11 +162,16 @@ class RecModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
 
     def configure_optimizers(self):
-        # The fused (single-kernel) Adam: on CPU it is ~2.5x faster than the foreach one for embedding tables,
-        # which dominates a BPR-MF step. It supports CPU and CUDA parameters (torch >= 2.4).
-        params = [p for p in self.parameters() if p.requires_grad]
+        return self.adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    @staticmethod
+    def adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+        """Adam over the trainable ``parameters``, fused (single kernel) when they are all on CPU or CUDA
+        (torch >= 2.4): on CPU it is ~2.5x faster than the foreach one for embedding tables, which dominates
+        a BPR-MF step."""
+        params = [p for p in parameters if p.requires_grad]
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
     # ----------------------------------------------------------------------------------------- group state
     def all_reduce_sum(self, *stats: Tensor) -> tuple[Tensor, ...]:

@@ -62,9 +62,8 @@ class DPR(BPR):
         self.register_item_groups("DPR")
 
     def configure_optimizers(self):
-        rec = [p for p in self.backbone.parameters() if p.requires_grad]
-        return (torch.optim.Adam(rec, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True),
-                torch.optim.Adam(self.adversary.parameters(), lr=self.hparams.adv_lr, fused=True))
+        return (self.adam(self.backbone.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay),
+                self.adam(self.adversary.parameters(), lr=self.hparams.adv_lr))
 
     def adversary_loss(self, scores: Tensor, groups: Tensor) -> Tensor:
         """Σ_g mean over the batch's positives of group g of ‖σ(f(ŷ)) − onehot(g)‖²; scores [B], groups [B]."""

@@ -1,6 +1,5 @@
 """Reg, FairNeg's regularisation baseline (Kamishima & Akaho 2017, as in FairNeg's code): BPR plus the
 squared gap between the two item groups' mean positive scores."""
-import torch
 from torch import Tensor
 
 from fairlit import ops
