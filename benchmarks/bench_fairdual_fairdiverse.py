@@ -156,7 +156,7 @@ def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model
     return out
 
 
-def run_fairlit(epochs: int, seed: int) -> dict:
+def run_fairlit(epochs: int, seed: int, batches_per_step: int = 1) -> dict:
     import lightning as L
     import torch
 
@@ -182,7 +182,8 @@ def run_fairlit(epochs: int, seed: int) -> dict:
 
     torch.manual_seed(seed)
     dm = RecDataModule(dataset="ml-100k", rating_threshold=4, k_core=5, split="chrono", item_group="genre_first",
-                       item_group_min_size=10, batch_size=64, eval_batch_size=128, eval_protocol="uni200", seed=seed)
+                       item_group_min_size=10, batch_size=64, batches_per_step=batches_per_step, eval_batch_size=128,
+                       eval_protocol="uni200", seed=seed)
     model = FairDual(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
                      num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
                      num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2)
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     parser.add_argument("--projection-only", action="store_true", help="only time the projection")
     parser.add_argument("--sides", nargs="+", default=["fairdiverse", "fairlit"])
+    parser.add_argument("--batches-per-step", type=int, nargs="+", default=[1, 16],
+                        help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -253,9 +256,10 @@ def main() -> None:
     write_fairdiverse_data(args.work)
     rows = []
     for seed in args.seeds:
-        for name, side, fn in (
-                ("FairDiverse 1.0.0", "fairdiverse", lambda s=seed: run_fairdiverse(python, args.work, args.epochs, s)),
-                ("fairlit", "fairlit", lambda s=seed: run_fairlit(args.epochs, s))):
+        runs = [("FairDiverse 1.0.0", "fairdiverse", lambda s=seed: run_fairdiverse(python, args.work, args.epochs, s))]
+        runs += [(f"fairlit, batches_per_step {c}", "fairlit", lambda s=seed, c=c: run_fairlit(args.epochs, s, c))
+                 for c in args.batches_per_step]
+        for name, side, fn in runs:
             if side not in args.sides:
                 continue
             res = fn()

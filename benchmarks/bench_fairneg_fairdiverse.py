@@ -39,7 +39,7 @@ _fairneg.random = _types.SimpleNamespace(sample=lambda pop, k: _random.sample(po
 '''
 
 
-def run_fairlit(epochs: int, seed: int, batch_size: int) -> dict:
+def run_fairlit(epochs: int, seed: int, batch_size: int, batches_per_step: int = 1) -> dict:
     import lightning as L
     import torch
 
@@ -60,7 +60,7 @@ def run_fairlit(epochs: int, seed: int, batch_size: int) -> dict:
     torch.manual_seed(seed)
     dm = RecDataModule(dataset="ml-100k", rating_threshold=4, k_core=5, split="chrono",
                        item_group="genre_first", item_group_min_size=10, batch_size=batch_size,
-                       eval_batch_size=128, eval_protocol="uni200", seed=seed)
+                       batches_per_step=batches_per_step, eval_batch_size=128, eval_protocol="uni200", seed=seed)
     model = FairNeg(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users,
                     num_items=dm.num_items, num_item_groups=dm.num_item_groups, ks=[5, 10, 20], lr=1e-3,
                     w_fair=0.3, tau=0.1, alpha=0.2, gamma=0.1, sample_seed=seed)
@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-fairneg"))
     parser.add_argument("--epochs", type=int, default=6, help="FairDiverse validates at epoch 0 and 5: use 6")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--fairlit-batch", type=int, nargs="+", default=[64, 1024],
-                        help="fairlit batch sizes to time (64 = FairDiverse's)")
+    parser.add_argument("--fairlit-batch", nargs="+", default=["64", "64x16", "1024"],
+                        help="fairlit batch sizes to time (64 = FairDiverse's); BxC: batch B, C batches per "
+                             "Lightning step (data.batches_per_step; the same training)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -96,8 +97,10 @@ def main() -> None:
     for seed in args.seeds:
         runs = [("FairDiverse 1.0.0 FairNeg", 64,
                  lambda: run_fairdiverse(python, args.work, args.epochs, seed, "FairNeg", PATCH))]
-        runs += [("fairlit FairNeg", b, lambda b=b: run_fairlit(args.epochs, seed, b))
-                 for b in args.fairlit_batch]
+        for spec in args.fairlit_batch:
+            b, c = (int(x) for x in (spec.split("x") + ["1"])[:2])
+            runs.append(("fairlit FairNeg" + (f", batches_per_step {c}" if c > 1 else ""), b,
+                         lambda b=b, c=c: run_fairlit(args.epochs, seed, b, c)))
         for name, batch, fn in runs:
             res = fn()
             rows.append([name, batch, seed, f"{res['epoch_s']:.2f}", f"{res['eval_s']:.2f}"]

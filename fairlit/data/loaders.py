@@ -19,6 +19,20 @@ def identity_collate(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return batch
 
 
+class SplitBatches:
+    """Collate of a fetch of several batches at once: the rows cut into a list of ``batch_size``-row batches.
+
+    The rows arrive in sampler order, so the batches are exactly those a loader with ``batch_size`` yields.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        size = self.batch_size
+        return [{key: value[s:s + size] for key, value in batch.items()} for s in range(0, len(batch["user"]), size)]
+
+
 def histories(user: Tensor, item: Tensor, time: Tensor, num_users: int, length: int,
               pad: int) -> tuple[Tensor, Tensor]:
     """Last ``length`` items of each user strictly before each row, and at the end of each user's rows.

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from fairlit import ops
@@ -20,7 +22,7 @@ STAGES = ("val", "test")
 
 
 class RecModule(L.LightningModule):
-    """Base module: subclasses implement `training_loss(batch)` (or, with manual optimisation, `training_step`).
+    """Base module: subclasses implement `training_loss(batch)` (or `training_step`, stepping with `optimizer_update`).
 
     Args:
         backbone: callable ``(num_users, num_items) -> nn.Module`` (a backbone class from `fairlit.models`,
@@ -49,6 +51,8 @@ class RecModule(L.LightningModule):
             for stage in STAGES:
                 self.metrics[stage]["user_fair"] = UserGroupFairness(num_user_groups, self.ks)
         self.last_metrics: dict[str, float] = {}
+        self.automatic_optimization = False  # see optimizer_update
+        self._direct, self._direct_for = False, 0
 
     # ----------------------------------------------------------------------------------------- data facts
     def setup(self, stage: str) -> None:
@@ -146,10 +150,45 @@ class RecModule(L.LightningModule):
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch)")
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.training_loss(batch)
-        self.log_training_loss(loss, len(batch["user"]))
+    def training_step(self, batch: dict[str, Tensor] | list[dict[str, Tensor]], batch_idx: int) -> Tensor:
+        """One optimizer step per batch; ``batch`` is a list of batches when ``data.batches_per_step > 1``."""
+        optimizer = self.optimizers()
+        for part in batch if isinstance(batch, list) else [batch]:
+            loss = self.training_loss(part)
+            self.log_training_loss(loss, len(part["user"]))
+            self.optimizer_update(optimizer, loss)
         return loss
+
+    def optimizer_update(self, optimizer, loss: Tensor) -> None:
+        """``zero_grad``, backward of ``loss``, ``step`` of one (Lightning-wrapped) optimizer.
+
+        fairlit optimises manually (``automatic_optimization = False``) so that one ``training_step`` can make
+        several steps. Where Lightning's wrappers add nothing (one process, no gradient scaler, no callback or
+        module hook around backward/step) the step bypasses them, keeping Lightning's step counter: a
+        small-model CPU step then costs ~0.9 instead of ~1.4 ms. Otherwise ``manual_backward`` and the
+        wrapped ``step`` run as usual (DDP, mixed precision, user hooks).
+        """
+        if self._direct_steps():
+            optimizer._on_before_step()  # Lightning's progress tracking: global_step counts this step
+            optimizer.optimizer.zero_grad()
+            loss.backward()
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    def _direct_steps(self) -> bool:
+        trainer = self.trainer
+        if self._direct_for != id(trainer):  # decided once per trainer
+            hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+            owners = [(self, L.LightningModule)] + [(cb, L.Callback) for cb in trainer.callbacks]
+            self._direct = (isinstance(trainer.strategy, SingleDeviceStrategy)
+                            and getattr(trainer.precision_plugin, "scaler", None) is None
+                            and not any(is_overridden(h, obj, parent) for h in hooks for obj, parent in owners))
+            self._direct_for = id(trainer)
+        return self._direct
 
     def log_training_loss(self, loss: Tensor, batch_size: int) -> None:
         """Log ``train/loss`` and fail on a non-finite loss, every ``log_every_n_steps`` batches only."""

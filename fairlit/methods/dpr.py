@@ -55,7 +55,6 @@ class DPR(BPR):
         widths = [1, *adv_hidden]
         layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
         self.adversary = nn.Sequential(*layers, nn.Linear(widths[-1], groups))
-        self.automatic_optimization = False
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -80,25 +79,22 @@ class DPR(BPR):
         mu, sigma = scores.mean(1), scores.std(1, correction=0).clamp(min=1e-8)
         return 0.5 * (mu.square() + sigma.square() - 2 * sigma.log() - 1).mean()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor] | list[dict[str, Tensor]], batch_idx: int) -> Tensor:
         rec_opt, adv_opt = self.optimizers()
-        pos = batch["pos"]
-        groups = self.item_group[pos]
         adversarial = self.current_epoch >= self.hparams.pretrain_epochs
-        if adversarial:
-            with torch.no_grad():
-                fixed = self.score(batch, pos.unsqueeze(1)).squeeze(1)
-            for _ in range(self.hparams.adv_steps):
-                adv_opt.zero_grad()
-                self.manual_backward(self.adversary_loss(fixed, groups))
-                adv_opt.step()
-        loss = self.training_loss(batch)
-        if adversarial:
-            loss = loss + self.hparams.reg_s * self.score_distribution_penalty(batch)
-            scores = self.score(batch, pos.unsqueeze(1)).squeeze(1)
-            loss = loss - self.hparams.alpha_adv * self.adversary_loss(scores, groups)
-        rec_opt.zero_grad()
-        self.manual_backward(loss)
-        rec_opt.step()
-        self.log_training_loss(loss, len(pos))
+        for part in batch if isinstance(batch, list) else [batch]:
+            pos = part["pos"]
+            groups = self.item_group[pos]
+            if adversarial:
+                with torch.no_grad():
+                    fixed = self.score(part, pos.unsqueeze(1)).squeeze(1)
+                for _ in range(self.hparams.adv_steps):
+                    self.optimizer_update(adv_opt, self.adversary_loss(fixed, groups))
+            loss = self.training_loss(part)
+            if adversarial:
+                loss = loss + self.hparams.reg_s * self.score_distribution_penalty(part)
+                scores = self.score(part, pos.unsqueeze(1)).squeeze(1)
+                loss = loss - self.hparams.alpha_adv * self.adversary_loss(scores, groups)
+            self.optimizer_update(rec_opt, loss)
+            self.log_training_loss(loss, len(pos))
         return loss

@@ -22,9 +22,9 @@ def make_data(root: Path, num_users: int = 24, num_items: int = 30, per_user: in
                              lambda rng, i: " ".join(rng.choice(GENRES, rng.integers(1, 3), replace=False)))
 
 
-def datamodule(folder: Path, batch_size: int = 32) -> RecDataModule:
+def datamodule(folder: Path, batch_size: int = 32, batches_per_step: int = 1) -> RecDataModule:
     return RecDataModule(dataset=str(folder), split="chrono", item_group="genre_first", batch_size=batch_size,
-                         eval_batch_size=64, seed=3)
+                         batches_per_step=batches_per_step, eval_batch_size=64, seed=3)
 
 
 def module(dm: RecDataModule, **kwargs) -> FairDual:
@@ -161,7 +161,37 @@ def test_resume_continues_bit_identically(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_ddp_two_processes_equal_one_process_on_same_global_batches(tmp_path):
+class StepHook(L.Callback):
+    """Overrides a step hook, so RecModule.optimizer_update takes Lightning's wrapped backward and step."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls += 1
+
+
+def test_several_batches_per_step_and_wrapped_steps_train_exactly_as_one_batch_per_step(tmp_path):
+    folder = make_data(tmp_path)
+    runs = {}
+    for name, per_step, callbacks in (("plain", 1, []), ("chunked", 3, []), ("wrapped", 3, [StepHook()])):
+        torch.manual_seed(0)
+        model = module(datamodule(folder, batch_size=8))
+        fit = trainer(tmp_path, max_epochs=2, callbacks=callbacks)
+        fit.fit(model, datamodule=datamodule(folder, batch_size=8, batches_per_step=per_step))
+        runs[name] = (state(model), fit.global_step, model._direct)
+    steps = int(runs["plain"][0]["batch_counter"])
+    assert steps > 3 * model.hparams.beta and steps % 3 != 0  # several refreshes, a short last fetch
+    assert [run[1] for run in runs.values()] == [steps] * 3  # Lightning counts optimizer steps
+    assert [run[2] for run in runs.values()] == [True, True, False]
+    assert callbacks[0].calls == steps
+    for name in ("chunked", "wrapped"):
+        for key, value in runs["plain"][0].items():
+            assert torch.equal(value, runs[name][0][key]), (name, key)
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+def test_ddp_two_processes_equal_one_process_on_same_global_batches(tmp_path, per_step):
     folder = make_data(tmp_path, num_users=32, per_user=16)
     steps = 4  # full global batches only: ddp's sampler pads the last one
     torch.manual_seed(0)
@@ -169,8 +199,8 @@ def test_ddp_two_processes_equal_one_process_on_same_global_batches(tmp_path):
     trainer(tmp_path, limit_train_batches=steps).fit(single, datamodule=datamodule(folder, batch_size=32))
     torch.manual_seed(0)
     ddp = module(datamodule(folder, batch_size=16), beta=2)
-    trainer(tmp_path, limit_train_batches=steps, devices=2, strategy="ddp_spawn").fit(
-        ddp, datamodule=datamodule(folder, batch_size=16))
+    trainer(tmp_path, limit_train_batches=steps // per_step, devices=2, strategy="ddp_spawn").fit(
+        ddp, datamodule=datamodule(folder, batch_size=16, batches_per_step=per_step))
     assert int(ddp.batch_counter) == int(single.batch_counter) == steps
     assert not torch.equal(single.mu, torch.zeros_like(single.mu))
     for key in ("mu", "gmom", "gamma"):
