@@ -1,6 +1,7 @@
 // Every schema of the `fairlit` operator library: this file is the index of the public op API.
 // Implementations live in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu (TORCH_LIBRARY_IMPL);
-// fake kernels and autograd formulas are registered from Python (fairlit/ops/<family>.py).
+// fake kernels and autograd formulas are registered from Python (fairlit/ops/<family>.py), except the
+// autograd of the per-step BPR ops score_candidates and group_bpr_loss (csrc/autograd.cpp).
 #include <Python.h>
 #include <torch/library.h>
 

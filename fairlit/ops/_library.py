@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+CPP_AUTOGRAD = ("score_candidates", "group_bpr_loss")  # ops whose autograd kernel is C++ (csrc/autograd.cpp)
+
 
 def _load() -> tuple[bool, str]:
     if os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0"):
@@ -24,6 +26,12 @@ def _load() -> tuple[bool, str]:
         import fairlit._C  # noqa: F401  (loading the library runs the TORCH_LIBRARY registrations)
     except ImportError as err:
         return False, f"fairlit._C failed to load: {err}"
+    # A library built from older sources lacks these (csrc/autograd.cpp) and would train without gradients.
+    missing = [op for op in CPP_AUTOGRAD if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fairlit::{op}",
+                                                                                              "Autograd")]
+    if missing:
+        return False, (f"fairlit._C is out of date: no autograd kernel for {missing}; rebuild it with "
+                       "`pip install --no-build-isolation .` (or `python setup.py build_ext --inplace`)")
     return True, ""
 
 

@@ -4,7 +4,6 @@ Kernels: csrc/cpu/group_segment.cpp, csrc/cuda/group_segment.cu. Reductions are 
 order-dependent float atomics): the same inputs give bitwise identical outputs on the same device.
 """
 import torch
-import torch.nn.functional as F
 
 from . import _validate as check
 from . import reference
@@ -143,25 +142,7 @@ def _register() -> None:
 
     torch.library.register_autograd("fairlit::group_mean", mean_backward, setup_context=mean_setup)
 
-    def bpr_setup(ctx, inputs, output):
-        pos, neg, groups, _, weight = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.has_weight = weight is not None
-        ctx.save_for_backward(pos, neg, groups, weight if weight is not None else pos.new_empty(0))
-
-    def bpr_backward(ctx, grad_loss, grad_count):
-        pos, neg, groups, weight = ctx.saved_tensors
-        weight = weight if ctx.has_weight else None
-        grad_pos, grad_neg = torch.ops.fairlit.group_bpr_loss_backward(grad_loss, pos, neg, groups, weight)
-        grad_weight = None
-        if ctx.has_weight and ctx.needs_input_grad[4]:
-            acc = grad_loss.dtype
-            neg2 = (neg.unsqueeze(1) if neg.dim() == 1 else neg).to(acc)
-            unweighted = F.softplus(neg2 - pos.to(acc).unsqueeze(1)).mean(1)
-            grad_weight = (unweighted * grad_loss.index_select(0, groups)).to(weight.dtype)
-        return grad_pos, grad_neg, None, None, grad_weight
-
-    torch.library.register_autograd("fairlit::group_bpr_loss", bpr_backward, setup_context=bpr_setup)
+    # group_bpr_loss' autograd formula is registered in C++ (csrc/autograd.cpp): it runs every BPR step.
 
 
 if has_op("group_sum"):

@@ -104,16 +104,7 @@ def _register() -> None:
     def _(user_emb, item_emb, k, candidates, exclude_indptr, exclude_indices):
         batch = user_emb.shape[0]
         return user_emb.new_empty((batch, k)), user_emb.new_empty((batch, k), dtype=torch.int64)
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad):
-        user_emb, item_emb, candidates = ctx.saved_tensors
-        grad_user, grad_item = torch.ops.fairlit.score_candidates_backward(grad, user_emb, item_emb, candidates)
-        return grad_user, grad_item, None
-
-    torch.library.register_autograd("fairlit::score_candidates", backward, setup_context=setup)
+    # score_candidates' autograd formula is registered in C++ (csrc/autograd.cpp): it runs every BPR step.
 
 
 if has_op("score_candidates"):

@@ -1,0 +1,101 @@
+// Autograd kernels registered in C++ for the two ops on every BPR training step: score_candidates and
+// group_bpr_loss. A formula registered from Python (torch.library.register_autograd) runs ~50-70 µs of
+// interpreter code per op per step (wrapping, argument filling, the backward closure), which is more than
+// the kernels themselves in a small-model CPU step; these are the same formulas in C++. The other ops keep
+// their Python formulas (fairlit/ops/<family>.py). Forward and backward call the ops through the dispatcher,
+// so the CPU, CUDA and fake kernels all serve (torch.compile traces through these functions).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// scores[b, c] = <user_emb[b], item_emb[candidates[b, c]]>; gradients from score_candidates_backward.
+class ScoreCandidates : public torch::autograd::Function<ScoreCandidates> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& user_emb, const at::Tensor& item_emb,
+                            const at::Tensor& candidates) {
+    static auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+        "fairlit::score_candidates");
+    ctx->save_for_backward({user_emb, item_emb, candidates});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(user_emb, item_emb, candidates);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, const at::Tensor&)>(
+        "fairlit::score_candidates_backward");
+    auto saved = ctx->get_saved_variables();
+    auto [grad_user, grad_item] = op.call(grads[0], saved[0], saved[1], saved[2]);
+    return {grad_user, grad_item, at::Tensor()};
+  }
+};
+
+// (loss [G], count [G]) of the group-segmented BPR loss; the count is not differentiable. The weight's
+// gradient is the unweighted per-row loss times the row's group gradient.
+class GroupBprLoss : public torch::autograd::Function<GroupBprLoss> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& pos, const at::Tensor& neg,
+                               const at::Tensor& groups, int64_t num_groups,
+                               const std::optional<at::Tensor>& weight) {
+    static auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&)>(
+        "fairlit::group_bpr_loss");
+    const bool has_weight = weight.has_value() && weight->defined();
+    ctx->saved_data["has_weight"] = has_weight;
+    ctx->save_for_backward({pos, neg, groups, has_weight ? *weight : pos.new_empty({0})});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, count] = op.call(pos, neg, groups, num_groups, weight);
+    ctx->mark_non_differentiable({count});
+    return {loss, count};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const std::optional<at::Tensor>&)>("fairlit::group_bpr_loss_backward");
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &pos = saved[0], &neg = saved[1], &groups = saved[2], &weight = saved[3];
+    const bool has_weight = ctx->saved_data["has_weight"].toBool();
+    const at::Tensor& grad_loss = grads[0];
+    auto [grad_pos, grad_neg] =
+        op.call(grad_loss, pos, neg, groups, has_weight ? std::optional<at::Tensor>(weight) : std::nullopt);
+    at::Tensor grad_weight;
+    if (has_weight && ctx->needs_input_grad(3)) {  // edges: pos, neg, groups, weight
+      const auto acc = grad_loss.scalar_type();
+      const at::Tensor neg2 = (neg.dim() == 1 ? neg.unsqueeze(1) : neg).to(acc);
+      const at::Tensor unweighted = at::softplus(neg2 - pos.to(acc).unsqueeze(1)).mean(1);
+      grad_weight = (unweighted * grad_loss.index_select(0, groups)).to(weight.scalar_type());
+    }
+    return {grad_pos, grad_neg, at::Tensor(), at::Tensor(), grad_weight};
+  }
+};
+
+at::Tensor score_candidates_autograd(const at::Tensor& user_emb, const at::Tensor& item_emb,
+                                     const at::Tensor& candidates) {
+  return ScoreCandidates::apply(user_emb, item_emb, candidates);
+}
+
+std::tuple<at::Tensor, at::Tensor> group_bpr_loss_autograd(const at::Tensor& pos, const at::Tensor& neg,
+                                                           const at::Tensor& groups, int64_t num_groups,
+                                                           const std::optional<at::Tensor>& weight) {
+  auto out = GroupBprLoss::apply(pos, neg, groups, num_groups, weight);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fairlit, Autograd, m) {
+  m.impl("score_candidates", &score_candidates_autograd);
+  m.impl("group_bpr_loss", &group_bpr_loss_autograd);
+}
