@@ -117,6 +117,11 @@ class FairNeg(BPR):
             raise ValueError("FairNeg needs a data module with item groups (data.item_group)")
         if not getattr(self.backbone, "dot_product", True):
             raise ValueError(f"FairNeg needs a dot-product backbone, got {type(self.backbone).__name__}")
+        if getattr(self.backbone, "sequential", False):
+            # Its G-BCE and importance scores are per user (one embedding per user id); the FairDual spec
+            # (§4.1, §5) applies FairNeg to pairwise BPR on MF only. Sequential backbones train with full-softmax CE.
+            raise ValueError(f"FairNeg is defined for pairwise BPR on user-embedding backbones (MF, LightGCN), not "
+                             f"the sequential {type(self.backbone).__name__}: use it with model.backbone MF or LightGCN")
         self.set_training_data(dm.train_users, dm.train_items, dm.train_csr, dm.item_group,
                                item_group_csr=dm.item_group_csr)
 

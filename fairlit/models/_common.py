@@ -84,7 +84,10 @@ def last_position(states: Tensor, lengths: Tensor) -> Tensor:
 
 
 class SequentialItemL2:
-    """Regularisation of the sequential backbones (GRU4Rec, SASRec), which have no user embeddings."""
+    """Shared by the sequential backbones (GRU4Rec, SASRec): a user is its history (``sequential = True``, no
+    user embeddings), so the regularisation covers item embeddings only."""
+
+    sequential = True
 
     def regularization(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         r"""L2 on the batch's item embeddings, :math:`(\lVert Q_{i^+}\rVert^2 + \lVert Q_{i^-}\rVert^2) / 2B`.

@@ -149,6 +149,16 @@ def test_bad_data(dm):
         module(dm, MeanScoreReg)
 
 
+def test_sequential_backbone_is_refused_at_setup(tmp_path):
+    from fairlit.models import GRU4Rec
+
+    dm = datamodule(make_data(tmp_path), history_length=3)
+    m = FairNeg(lambda u, i: GRU4Rec(u, i, dim=8, hidden_size=8), num_users=dm.num_users, num_items=dm.num_items,
+                num_item_groups=dm.num_item_groups, ks=[5])
+    with pytest.raises(ValueError, match="not the sequential GRU4Rec"):
+        trainer(tmp_path, fast_dev_run=True).fit(m, dm)
+
+
 def test_dns_pool_smaller_than_candidates(tmp_path):
     dm = datamodule(make_data(tmp_path), num_negatives=20)       # 24 items, up to 6 training positives
     with pytest.raises(ValueError, match="candidates"):
