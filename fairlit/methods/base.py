@@ -153,20 +153,25 @@ class RecModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor] | list[dict[str, Tensor]], batch_idx: int) -> Tensor:
         """One optimizer step per batch; ``batch`` is a list of batches when ``data.batches_per_step > 1``."""
         optimizer = self.optimizers()
-        for part in batch if isinstance(batch, list) else [batch]:
+        for part in self.batches(batch):
             loss = self.training_loss(part)
             self.log_training_loss(loss, len(part["user"]))
             self.optimizer_update(optimizer, loss)
         return loss
+
+    @staticmethod
+    def batches(batch: dict[str, Tensor] | list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """The batches of one ``training_step``: the list when ``data.batches_per_step > 1``, else the batch."""
+        return batch if isinstance(batch, list) else [batch]
 
     def optimizer_update(self, optimizer, loss: Tensor) -> None:
         """``zero_grad``, backward of ``loss``, ``step`` of one (Lightning-wrapped) optimizer.
 
         fairlit optimises manually (``automatic_optimization = False``) so that one ``training_step`` can make
         several steps. Where Lightning's wrappers add nothing (one process, no gradient scaler, no callback or
-        module hook around backward/step) the step bypasses them, keeping Lightning's step counter: a
-        small-model CPU step then costs ~0.9 instead of ~1.4 ms. Otherwise ``manual_backward`` and the
-        wrapped ``step`` run as usual (DDP, mixed precision, user hooks).
+        module hook around backward/step) the step bypasses them, keeping Lightning's step counter; their
+        per-call hooks cost more than a small-model CPU step. Otherwise ``manual_backward`` and the wrapped
+        ``step`` run as usual (DDP, mixed precision, user hooks).
         """
         if self._direct_steps():
             optimizer._on_before_step()  # Lightning's progress tracking: global_step counts this step

@@ -82,7 +82,7 @@ class DPR(BPR):
     def training_step(self, batch: dict[str, Tensor] | list[dict[str, Tensor]], batch_idx: int) -> Tensor:
         rec_opt, adv_opt = self.optimizers()
         adversarial = self.current_epoch >= self.hparams.pretrain_epochs
-        for part in batch if isinstance(batch, list) else [batch]:
+        for part in self.batches(batch):
             pos = part["pos"]
             groups = self.item_group[pos]
             if adversarial:
