@@ -1,20 +1,22 @@
-"""FairDiverse's FairDual vs fairlit's ``FairDual(preset="fairdiverse")`` on ML-100K, in one run.
+"""FairDiverse's FairDual vs fairlit's ``FairDual(preset="fairdiverse")`` on identical ML-100K files, in one run.
 
-    python benchmarks/bench_fairdual_fairdiverse.py --fd-venv /tmp/fd-venv --epochs 6 \
+    python benchmarks/bench_fairdual_fairdiverse.py --fd-venv /tmp/fd-venv --epochs 6 --seeds 0 1 2 \
         --out docs/benchmarks.md
 
 FairDiverse runs in its own venv (created here if missing; see ``shared/peers/fairdiverse/README.md``), never
-imported by fairlit. Both sides get the same raw ML-100K (RecBole's files, read through fairlit), the same
-rules (rating >= 4, 5-core, first genre, groups < 10 items merged, history 5, global 80/10/10 by time,
-200 sampled candidates) and FairDual's code settings (BPR d 32, batch 64, Adam 1e-3, Q 700, K_f 10, η 0.01,
-λ 2, α 0.2). The processed splits are each side's own: FairDiverse additionally drops rows with fewer than
-5 history items and keeps label-0 rows in N, so the metrics are compared as two runs of one protocol, not
-on identical files. Timings: seconds per training epoch (evaluation excluded) and per validation pass.
+imported by fairlit. FairDiverse processes RecBole's raw ML-100K with its own rules (rating >= 4 is label 1,
+5-core, first genre, genres < 10 items merged, 5 history items, global 80/10/10 by time, 200 sampled test
+candidates) and trains with FairDual's code settings (BPR d 32, batch 64, Adam 1e-3, Q 700, K_f 10, η 0.01,
+λ 2, α 0.2). fairlit then trains on *those* processed files (same ids, same label-1 training rows, same groups,
+FairDiverse's N; ``RecDataModule.from_prepared``) and is tested on FairDiverse's own candidate lists, so the
+metric columns compare the two implementations, not two data pipelines. Timings: seconds per training epoch
+(evaluation excluded) and per test pass.
 """
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -156,7 +158,41 @@ def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model
     return out
 
 
-def run_fairlit(epochs: int, seed: int, batches_per_step: int = 1) -> dict:
+def fairdiverse_split(work: Path):
+    """FairDiverse's processed ML-100K of the last run as fairlit data: ``(Prepared, N, test lists)``.
+
+    The Prepared keeps FairDiverse's user/item ids, its label-1 rows of each split (the rows its pair
+    loader trains on and its ranking files test) and its item groups (``iid2pid.json``). N is the length
+    of its training file, label-0 rows included: FairDiverse's FairDual divides the budget by it. The test
+    lists are ``<name>.test.ranking`` after the driver's filter (200 items per row, positives first).
+    """
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from fairlit.data import Prepared
+
+    root = work / "recommendation" / "processed_dataset" / "ml100k"
+    if not (root / "ml100k.test.ranking").exists():
+        raise FileNotFoundError(f"{root}: no FairDiverse processed split; run with --sides fairdiverse first")
+    cfg = yaml.safe_load((root / "process_config.yaml").read_text())
+    frames = [pd.read_csv(root / f"ml100k.{part}", sep="\t") for part in ("train", "valid.CTR", "test.CTR")]
+    positives = [f[f["label:float"] == 1] for f in frames]
+    bounds = np.cumsum([0] + [len(f) for f in positives])
+    iid2pid = json.loads((root / "iid2pid.json").read_text())
+    prep = Prepared(user=np.concatenate([f["user_id:token"].to_numpy(np.int64) for f in positives]),
+                    item=np.concatenate([f["item_id:token"].to_numpy(np.int64) for f in positives]),
+                    time=np.concatenate([f["timestamp:float"].to_numpy(np.float64) for f in positives]),
+                    user_tokens=np.arange(cfg["user_num"]), item_tokens=np.arange(cfg["item_num"]),
+                    parts=[np.arange(bounds[k], bounds[k + 1]) for k in range(3)],
+                    item_group=np.array([int(iid2pid[str(i)]) for i in range(cfg["item_num"])]),
+                    item_group_names=[str(g) for g in range(cfg["group_num"])])
+    lists = pd.read_csv(root / "ml100k.test.ranking", sep="\t")
+    return prep, len(frames[0]), lists
+
+
+def run_fairlit(work: Path, epochs: int, seed: int, batches_per_step: int = 1) -> dict:
+    """fairlit's FairDual(preset="fairdiverse") trained on FairDiverse's processed split, tested on its lists."""
     import lightning as L
     import torch
 
@@ -166,7 +202,7 @@ def run_fairlit(epochs: int, seed: int, batches_per_step: int = 1) -> dict:
 
     class Clock(L.Callback):
         def __init__(self):
-            self.train, self.val = [], []
+            self.train = []
 
         def on_train_epoch_start(self, *_):
             self.t = time.perf_counter()
@@ -174,56 +210,45 @@ def run_fairlit(epochs: int, seed: int, batches_per_step: int = 1) -> dict:
         def on_train_epoch_end(self, *_):
             self.train.append(time.perf_counter() - self.t)
 
-        def on_validation_epoch_start(self, *_):
-            self.v = time.perf_counter()
-
-        def on_validation_epoch_end(self, *_):
-            self.val.append(time.perf_counter() - self.v)
-
+    prep, num_train_rows, lists = fairdiverse_split(work)
     torch.manual_seed(seed)
-    dm = RecDataModule(dataset="ml-100k", rating_threshold=4, k_core=5, split="chrono", item_group="genre_first",
-                       item_group_min_size=10, batch_size=64, batches_per_step=batches_per_step, eval_batch_size=128,
-                       eval_protocol="uni200", seed=seed)
+    dm = RecDataModule.from_prepared(prep, batch_size=64, batches_per_step=batches_per_step, seed=seed)
     model = FairDual(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
                      num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
-                     num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2)
+                     num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=num_train_rows)
     clock = Clock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-                        check_val_every_n_epoch=epochs, num_sanity_val_steps=0)
+                        limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     t = time.perf_counter()
-    test = sampled_test(model, dm)
+    test = listed_test(model, dm.item_group, dm.num_item_groups, lists)
     return {"epoch_s": sum(clock.train) / len(clock.train), "eval_s": time.perf_counter() - t, "test": test}
 
 
-def sampled_test(model, dm, num_candidates: int = 200) -> dict[str, float]:
-    """FairDiverse's test protocol: rank each test user's positives + (200 − |P_u|) of its sampled negatives.
+def listed_test(model, item_group, num_groups: int, lists) -> dict[str, float]:
+    """FairDiverse's ranking test on its own lists: each row ranks its listed items (the first ``pos_length``
+    are the positives, the rest its sampled negatives, repeats included); metrics by fairlit's classes."""
+    import ast
 
-    (fairlit's ``uniN`` batches carry only the N negatives, so the targets are added here; users with more
-    than 200 positives are dropped, as on the FairDiverse side.)
-    """
+    import numpy as np
     import torch
 
     from fairlit.metrics import ItemGroupFairness, RankingMetrics
 
     ks = [5, 10, 20]
     ranking = RankingMetrics(ks, metrics=("ndcg", "mrr", "hr"))
-    fair = ItemGroupFairness(dm.item_group, num_groups=dm.num_item_groups, ks=ks)
+    fair = ItemGroupFairness(item_group, num_groups=num_groups, ks=ks)
+    users = torch.tensor(lists["user_id"].to_numpy(np.int64))
+    candidates = torch.as_tensor(np.stack([ast.literal_eval(x) for x in lists["items"]]).astype(np.int64))
+    num_pos = torch.tensor(lists["pos_length"].to_numpy(np.int64))
     model.eval()
     with torch.no_grad():
-        for batch in dm.test_dataloader():
-            users, items = model.encode(batch)
-            ptr, idx = batch["target_indptr"], batch["target_indices"]
-            for row in range(len(users)):
-                targets = idx[ptr[row]:ptr[row + 1]]
-                if len(targets) > num_candidates:
-                    continue
-                cand = torch.cat([targets, batch["candidates"][row, : num_candidates - len(targets)]])
-                values, order = (items[cand] @ users[row]).topk(max(ks))
-                top = cand[order]
-                ranking.update(torch.isin(top, targets)[None], torch.tensor([len(targets)]))
-                fair.update(top[None], values[None])
+        user_vecs, item_vecs = model.encode({"user": users})
+        scores = torch.einsum("bd,bcd->bc", user_vecs, item_vecs[candidates])    # [U, 200]
+        values, order = scores.topk(max(ks), dim=1)
+    ranking.update(order < num_pos[:, None], num_pos)
+    fair.update(candidates.gather(1, order), values)
     out = ranking.compute() | fair.compute()
     return {k.replace("mmf_exposure", "mmf"): float(v) for k, v in out.items()}
 
@@ -233,7 +258,7 @@ def main() -> None:
     parser.add_argument("--fd-venv", type=Path, default=Path("/tmp/fd-venv"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-work"))
     parser.add_argument("--epochs", type=int, default=6, help="FairDiverse validates at epoch 0 and 5: use 6")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     parser.add_argument("--projection-only", action="store_true", help="only time the projection")
     parser.add_argument("--sides", nargs="+", default=["fairdiverse", "fairlit"])
@@ -254,24 +279,30 @@ def main() -> None:
     if args.projection_only:
         return
     write_fairdiverse_data(args.work)
-    rows = []
+    rows, results = [], {}
     for seed in args.seeds:
+        # FairDiverse re-processes the data with its seed (the test negatives are random): each fairlit run
+        # trains and tests on the files of the FairDiverse run just before it.
         runs = [("FairDiverse 1.0.0", "fairdiverse", lambda s=seed: run_fairdiverse(python, args.work, args.epochs, s))]
-        runs += [(f"fairlit, batches_per_step {c}", "fairlit", lambda s=seed, c=c: run_fairlit(args.epochs, s, c))
-                 for c in args.batches_per_step]
+        runs += [(f"fairlit, batches_per_step {c}", "fairlit",
+                  lambda s=seed, c=c: run_fairlit(args.work, args.epochs, s, c)) for c in args.batches_per_step]
         for name, side, fn in runs:
             if side not in args.sides:
                 continue
             res = fn()
-            rows.append([name, seed, f"{res['epoch_s']:.2f}", f"{res['eval_s']:.2f}"]
-                        + [f"{100 * float(res['test'].get(m, float('nan'))):.2f}" for m in METRICS])
+            values = [res["epoch_s"], res["eval_s"]] + [100 * float(res["test"].get(m, float("nan"))) for m in METRICS]
+            results.setdefault(name, []).append(values)
+            rows.append([name, seed] + [f"{v:.2f}" for v in values])
             print(rows[-1], flush=True)
     header = ["implementation", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS]
     table = markdown_table(header, rows)
+    if len(args.seeds) > 1:
+        summary = [[name, len(vals)] + [f"{statistics.mean(col):.2f} ± {statistics.stdev(col):.2f}"
+                                        for col in zip(*vals)] for name, vals in results.items()]
+        table += "\n\nMean ± std over the seeds:\n\n" + markdown_table(["implementation", "seeds"] + header[2:], summary)
     print(table)
     if args.out:
         write_section(args.out, "bench_fairdual_fairdiverse", table)
-
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ from fairlit.data.groups import (
     quantile_groups,
 )
 from fairlit.data.loaders import EpochSampler, EvalUsers, TrainInteractions, histories
-from fairlit.data.pipeline import Prepared, prepare
+from fairlit.data.pipeline import Prepared, check_prepared, prepare
 from fairlit.data.preprocess import binarize, check_columns, k_core, reindex
 from fairlit.data.sampling import build_csr, csr_contains, csr_slice, sample_negatives
 from fairlit.data.splits import (
@@ -38,6 +38,7 @@ __all__ = [
     "builtin_dir",
     "categorical_groups",
     "check_columns",
+    "check_prepared",
     "csr_contains",
     "csr_slice",
     "genre_exclusive",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 
 import lightning as L
@@ -14,10 +16,14 @@ from torch.utils.data import DataLoader
 from fairlit.data.builtin import load_dataset
 from fairlit.data.groups import DEFAULT_AGE_EDGES
 from fairlit.data.loaders import EpochSampler, EvalUsers, SplitBatches, TrainInteractions, histories, identity_collate
-from fairlit.data.pipeline import SPLIT_NAMES, prepare
+from fairlit.data.pipeline import SPLIT_NAMES, Prepared, check_prepared, prepare, single_group_csr
 from fairlit.data.sampling import build_csr, sample_negatives
 
 _PROTOCOL = re.compile(r"^(uni|pop)(\d+)$")
+# __init__ arguments that build a Prepared (refused by from_prepared).
+_PREPROCESSING = {"dataset", "rating_threshold", "k_core", "user_core", "item_core", "core_iterated", "split",
+                  "split_ratios", "item_group", "item_group_genres", "genre_field", "user_group",
+                  "num_quantile_groups", "age_edges", "item_group_min_size"}
 
 
 class RecDataModule(L.LightningDataModule):
@@ -84,20 +90,58 @@ class RecDataModule(L.LightningDataModule):
                  seed: int = 2020, item_group_min_size: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        if batch_size < 1 or batches_per_step < 1:
-            raise ValueError(f"batch_size and batches_per_step must be >= 1, got {batch_size}, {batches_per_step}")
-        if negative_sampling not in ("uniform", "popularity"):
-            raise ValueError(f"negative_sampling={negative_sampling!r} is not 'uniform' or 'popularity'")
-        match = _PROTOCOL.match(eval_protocol)
-        if eval_protocol != "full" and match is None:
-            raise ValueError(f"eval_protocol={eval_protocol!r}: use 'full', 'uniN' or 'popN' (e.g. 'uni100')")
-        prep = prepare(load_dataset(dataset), rating_threshold=rating_threshold,
-                       user_core=k_core if user_core is None else user_core,
-                       item_core=k_core if item_core is None else item_core, core_iterated=core_iterated,
-                       split=split, split_ratios=split_ratios, item_group=item_group,
-                       item_group_genres=item_group_genres, genre_field=genre_field, user_group=user_group,
-                       num_quantile_groups=num_quantile_groups, age_edges=age_edges, seed=seed,
-                       item_group_min_size=item_group_min_size)
+        self._check_loader_options()
+        self._index(prepare(load_dataset(dataset), rating_threshold=rating_threshold,
+                            user_core=k_core if user_core is None else user_core,
+                            item_core=k_core if item_core is None else item_core, core_iterated=core_iterated,
+                            split=split, split_ratios=split_ratios, item_group=item_group,
+                            item_group_genres=item_group_genres, genre_field=genre_field, user_group=user_group,
+                            num_quantile_groups=num_quantile_groups, age_edges=age_edges, seed=seed,
+                            item_group_min_size=item_group_min_size))
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared, **options) -> RecDataModule:
+        """A data module over interactions that are already indexed, grouped and split.
+
+        For splits made elsewhere (e.g. another library's processed files, to train on exactly the same
+        rows): ``prepared`` is used as given, and ``options`` are the loader arguments of ``__init__``
+        (``batch_size``, ``num_negatives``, ``eval_protocol``, ``seed``, ...). Preprocessing arguments
+        (``dataset``, thresholds, cores, split, groups) are refused: they do not apply to prepared data.
+        A single-label ``item_group`` without ``item_group_csr`` gets the one-group-per-item CSR.
+
+        Raises:
+            TypeError: an unknown or a preprocessing option.
+            ValueError: ``prepared`` is inconsistent (lengths, id ranges, empty part, group vector size).
+        """
+        params = inspect.signature(cls.__init__).parameters
+        refused = sorted(set(options) - (set(params) - _PREPROCESSING - {"self"}))
+        if refused:
+            raise TypeError(f"RecDataModule.from_prepared: options {refused} are not loader arguments; it "
+                            f"accepts {sorted(set(params) - _PREPROCESSING - {'self'})}")
+        dm = cls.__new__(cls)
+        L.LightningDataModule.__init__(dm)
+        dm.save_hyperparameters({name: p.default for name, p in params.items() if name != "self"}
+                                | {"dataset": None} | options)
+        dm._check_loader_options()
+        check_prepared(prepared)
+        if prepared.item_group is not None and prepared.item_group_csr is None:
+            prepared = dataclasses.replace(prepared, item_group_csr=single_group_csr(prepared.item_group))
+        dm._index(prepared)
+        return dm
+
+    def _check_loader_options(self) -> None:
+        hp = self.hparams
+        if hp.batch_size < 1 or hp.batches_per_step < 1:
+            raise ValueError(f"batch_size and batches_per_step must be >= 1, got {hp.batch_size}, "
+                             f"{hp.batches_per_step}")
+        if hp.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling={hp.negative_sampling!r} is not 'uniform' or 'popularity'")
+        if hp.eval_protocol != "full" and _PROTOCOL.match(hp.eval_protocol) is None:
+            raise ValueError(f"eval_protocol={hp.eval_protocol!r}: use 'full', 'uniN' or 'popN' (e.g. 'uni100')")
+
+    def _index(self, prep: Prepared) -> None:
+        """Build the tensors, CSR slices, histories and fixed evaluation candidates of ``prep``."""
+        hp = self.hparams
         self.prepared = prep
         self.num_users, self.num_items = len(prep.user_tokens), len(prep.item_tokens)
         self.history_pad_id = self.num_items
@@ -120,22 +164,23 @@ class RecDataModule(L.LightningDataModule):
         train_valid = torch.cat([rows["train"], rows["valid"]])
         self._exclude = {"valid": self.train_csr,
                          "test": build_csr(user[train_valid], item[train_valid], self.num_users)
-                         if exclude_valid_at_test else self.train_csr}
+                         if hp.exclude_valid_at_test else self.train_csr}
         counts = torch.bincount(self.train_items, minlength=self.num_items).double()
-        self._neg_probs = counts.pow(popularity_exponent) if negative_sampling == "popularity" else None
+        self._neg_probs = counts.pow(hp.popularity_exponent) if hp.negative_sampling == "popularity" else None
 
         self._train_history = self._user_history = None
-        if history_length > 0:
+        if hp.history_length > 0:
             t = torch.from_numpy(prep.time[prep.parts[0]])
             self._train_history, self._user_history = histories(
-                self.train_users, self.train_items, t, self.num_users, history_length, self.history_pad_id)
+                self.train_users, self.train_items, t, self.num_users, hp.history_length, self.history_pad_id)
 
         self._candidates: dict[str, Tensor | None] = {"valid": None, "test": None}
+        match = _PROTOCOL.match(hp.eval_protocol)
         if match is not None:
             everything = build_csr(user, item, self.num_users)
             probs = counts if match.group(1) == "pop" else None
             for k, stage in enumerate(("valid", "test")):
-                gen = torch.Generator().manual_seed(seed + 10_007 * (k + 1))  # fixed per stage, not per epoch
+                gen = torch.Generator().manual_seed(hp.seed + 10_007 * (k + 1))  # fixed per stage, not per epoch
                 self._candidates[stage] = sample_negatives(self._eval_users(stage), int(match.group(2)),
                                                            self.num_items, everything, gen, probs)
 

@@ -48,6 +48,46 @@ class Prepared:
     raw: dict[str, int] = field(default_factory=dict)
 
 
+def check_prepared(prep: Prepared) -> None:
+    """Raise a ``ValueError`` naming the field if ``prep`` is not a consistent :class:`Prepared`.
+
+    Checks: ``user``/``item``/``time`` are 1-D of one length N with integer ids in ``[0, U)`` / ``[0, I)``
+    (U, I = number of tokens); three non-empty ``parts`` of row indices in ``[0, N)``; group vectors of
+    length I / U with ids in ``[0, number of group names)``; an item-group CSR with I + 1 offsets.
+    """
+    n = len(prep.user)
+    for name, ids, size in (("user", prep.user, len(prep.user_tokens)), ("item", prep.item, len(prep.item_tokens))):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or len(ids) != n or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"Prepared.{name}: expected a 1-D integer array of length {n} (= len(user)), got "
+                             f"shape {ids.shape} dtype {ids.dtype}")
+        if n and (ids.min() < 0 or ids.max() >= size):
+            raise ValueError(f"Prepared.{name}: ids must lie in [0, {size}) (the number of {name}_tokens), got "
+                             f"[{ids.min()}, {ids.max()}]")
+    if len(prep.time) != n:
+        raise ValueError(f"Prepared.time: expected length {n}, got {len(prep.time)}")
+    if len(prep.parts) != len(SPLIT_NAMES):
+        raise ValueError(f"Prepared.parts: expected {len(SPLIT_NAMES)} row-index arrays {SPLIT_NAMES}, got "
+                         f"{len(prep.parts)}")
+    for name, part in zip(SPLIT_NAMES, prep.parts):
+        part = np.asarray(part)
+        if len(part) == 0:
+            raise ValueError(f"Prepared.parts: the {name} part is empty")
+        if not np.issubdtype(part.dtype, np.integer) or part.min() < 0 or part.max() >= n:
+            raise ValueError(f"Prepared.parts[{name}]: expected integer row indices in [0, {n})")
+    for side, groups, names, size in (("item", prep.item_group, prep.item_group_names, len(prep.item_tokens)),
+                                      ("user", prep.user_group, prep.user_group_names, len(prep.user_tokens))):
+        if groups is None:
+            continue
+        groups = np.asarray(groups)
+        if len(groups) != size or (size and (groups.min() < 0 or groups.max() >= len(names))):
+            raise ValueError(f"Prepared.{side}_group: expected {size} ids in [0, {len(names)}) (the number of "
+                             f"{side}_group_names), got length {len(groups)}")
+    if prep.item_group_csr is not None and len(prep.item_group_csr[0]) != len(prep.item_tokens) + 1:
+        raise ValueError(f"Prepared.item_group_csr: expected {len(prep.item_tokens) + 1} offsets, got "
+                         f"{len(prep.item_group_csr[0])}")
+
+
 def _choice(value: str | None, allowed: Sequence[str], what: str) -> None:
     if value is not None and value not in allowed:
         raise ValueError(f"{what}={value!r} is not one of {list(allowed)}")
@@ -148,7 +188,13 @@ def _item_groups(out: Prepared, data: AtomicData, mode: str | None, genres: Sequ
             out.item_group_csr = (indptr, indices, weights)
             out.item_group = indices[indptr[:-1]]  # first of the item's groups, for single-label consumers
     if out.item_group_csr is None:
-        out.item_group_csr = (np.arange(num_items + 1), out.item_group, np.ones(num_items, np.float32))
+        out.item_group_csr = single_group_csr(out.item_group)
+
+
+def single_group_csr(item_group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item->group CSR ``(indptr [I+1], indices [I], weights [I])`` of one group per item, weight 1."""
+    item_group = np.asarray(item_group, dtype=np.int64)
+    return np.arange(len(item_group) + 1), item_group, np.ones(len(item_group), np.float32)
 
 
 def _user_groups(out: Prepared, data: AtomicData, mode: str | None, num_groups: int,

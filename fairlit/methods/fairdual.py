@@ -49,6 +49,9 @@ class FairDual(WeightedLoss):
         s_min: lower clamp of s in ``target_group`` mode.
         target: ``"remaining"`` (γ budget) or ``"constant"`` (ρ).
         sample_seed: seed of the Q-sample stream (draw t uses ``sample_seed + t``).
+        num_train_rows: N of the remaining budget (a batch of b rows uses b/N of an epoch's budget, §2.3);
+            ``None``: the data module's training rows. FairDiverse's code uses the length of its training file,
+            label-0 (rating < threshold) rows included, although it trains on the label-1 rows only.
         **kwargs: `WeightedLoss` / `RecModule` arguments.
     """
 
@@ -56,7 +59,7 @@ class FairDual(WeightedLoss):
                  num_samples: int = 200, topk: int = 10, preset: str | None = None, signal: str = "exposure",
                  weight_mode: str = "target_group", budget: str = "share", mu_init: float = 0.0,
                  reset: str = "beta", metric: str = "weighted", frozen: bool = True, s_min: float = 0.0,
-                 target: str = "remaining", sample_seed: int = 0, **kwargs):
+                 target: str = "remaining", sample_seed: int = 0, num_train_rows: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
         if preset not in (None, "fairdiverse"):
@@ -75,7 +78,7 @@ class FairDual(WeightedLoss):
         self.register_buffer("frozen_items", torch.empty(0))  # [I, d] after the first refresh
         self._t = 0  # host mirror of batch_counter: the β schedule and Q-sample seeds never read the device
         self._gen: torch.Generator | None = None
-        self.num_train_rows = 0
+        self.num_train_rows = num_train_rows or 0
 
     def _check(self, lam, eta, alpha, beta, num_samples, topk, opts) -> None:
         for name, value, allowed in (("signal", opts["signal"], SIGNALS), ("weight_mode", opts["weight_mode"],
@@ -96,6 +99,8 @@ class FairDual(WeightedLoss):
         if not 1 <= num_samples <= self.hparams.num_items:
             raise ValueError(f"num_samples (Q={num_samples}) must lie in [1, number of items = "
                              f"{self.hparams.num_items}]")
+        if self.hparams.num_train_rows is not None and self.hparams.num_train_rows < 1:
+            raise ValueError(f"num_train_rows (N) must be >= 1 or None, got {self.hparams.num_train_rows}")
         if not 1 <= topk <= num_samples:
             raise ValueError(f"topk (K_f={topk}) must lie in [1, num_samples Q = {num_samples}]")
 
@@ -103,7 +108,7 @@ class FairDual(WeightedLoss):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None:
+        if dm is not None and self.hparams.num_train_rows is None:
             self.num_train_rows = len(dm.train_users)
 
     def set_item_groups(self, indptr: Tensor, indices: Tensor, weights: Tensor) -> None:

@@ -213,3 +213,72 @@ def test_lightning_fit_redraws_each_epoch(tiny):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][0], runs[0][1])
     np.testing.assert_equal(runs[0][0].shape[0], len(dm.train_users))
+
+
+# ----------------------------------------------------------------------------------------- from_prepared
+def _batches(loader):
+    return [{k: v.clone() for k, v in b.items()} for b in loader]
+
+
+def test_from_prepared_equals_the_module_it_came_from(tiny):
+    options = dict(num_negatives=2, batch_size=16, eval_protocol="uni10", history_length=3, seed=7)
+    dm = RecDataModule(str(tiny), item_group="genre_multi", split="chrono", **options)
+    again = RecDataModule.from_prepared(dm.prepared, **options)
+    assert again.stats() == dm.stats() and again.hparams.dataset is None
+    for a, b in zip(dm.item_group_csr, again.item_group_csr):
+        assert torch.equal(a, b)
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        left, right = _batches(getattr(dm, name)()), _batches(getattr(again, name)())
+        assert len(left) == len(right) > 0
+        assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(left, right))
+
+
+def test_from_prepared_keeps_ids_items_without_rows_and_splits_as_given():
+    from fairlit.data import Prepared
+
+    # 3 users, 6 items (item 5 has no row: it can only be a negative), one group per item, no CSR given.
+    user = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2])
+    item = np.array([0, 1, 1, 2, 3, 4, 2, 3, 0])
+    prep = Prepared(user=user, item=item, time=np.arange(9.0), user_tokens=np.arange(3), item_tokens=np.arange(6),
+                    parts=[np.arange(6), np.array([6, 7]), np.array([8])], item_group=np.array([0, 1, 0, 1, 0, 1]),
+                    item_group_names=["a", "b"])
+    dm = RecDataModule.from_prepared(prep, num_negatives=4, batch_size=6, seed=0)
+    assert (dm.num_users, dm.num_items, dm.num_item_groups) == (3, 6, 2)
+    assert _pairs(dm.train_users, dm.train_items) == _pairs(user[:6], item[:6])
+    indptr, indices, weights = dm.item_group_csr
+    assert torch.equal(indptr, torch.arange(7)) and torch.equal(indices, dm.item_group) and bool((weights == 1).all())
+    batches = list(dm.train_dataloader())
+    negatives = torch.cat([b["neg"] for b in batches])                             # [6, 4]
+    assert 5 in negatives.flatten().tolist()            # the item with no row is part of the item universe
+    users = torch.cat([b["user"] for b in batches]).repeat_interleave(4)
+    assert not csr_contains(*dm.train_csr, users, negatives.flatten(), dm.num_items).any()
+    (test,) = list(dm.test_dataloader())
+    assert test["user"].tolist() == [2] and test["target_indices"].tolist() == [0]
+
+
+@pytest.mark.parametrize(("change", "error", "match"), [
+    ({"item": np.array([0, 1, 1, 9])}, ValueError, r"Prepared.item: ids must lie in \[0, 6\)"),
+    ({"user": np.array([0.0, 0.0, 1.0, 1.0])}, ValueError, "Prepared.user: expected a 1-D integer array"),
+    ({"time": np.arange(3.0)}, ValueError, "Prepared.time: expected length 4"),
+    ({"parts": [np.array([0, 1]), np.array([], dtype=np.int64), np.array([2, 3])]}, ValueError, "valid part is empty"),
+    ({"parts": [np.array([0, 1]), np.array([2]), np.array([3, 4])]}, ValueError, r"parts\[test\]"),
+    ({"item_group": np.array([0, 1, 0])}, ValueError, "Prepared.item_group: expected 6 ids"),
+    ({"item_group": np.array([0, 1, 0, 1, 0, 2])}, ValueError, "Prepared.item_group"),
+])
+def test_from_prepared_rejects_inconsistent_data(change, error, match):
+    from fairlit.data import Prepared
+
+    base = dict(user=np.array([0, 0, 1, 1]), item=np.array([0, 1, 1, 2]), time=np.arange(4.0),
+                user_tokens=np.arange(2), item_tokens=np.arange(6),
+                parts=[np.array([0, 1]), np.array([2]), np.array([3])], item_group=np.array([0, 1, 0, 1, 0, 1]),
+                item_group_names=["a", "b"])
+    with pytest.raises(error, match=match):
+        RecDataModule.from_prepared(Prepared(**(base | change)))
+
+
+def test_from_prepared_refuses_preprocessing_and_bad_loader_options(tiny):
+    prep = RecDataModule(str(tiny)).prepared
+    with pytest.raises(TypeError, match=r"\['k_core', 'split'\] are not loader arguments"):
+        RecDataModule.from_prepared(prep, k_core=5, split="chrono")
+    with pytest.raises(ValueError, match="batch_size"):
+        RecDataModule.from_prepared(prep, batch_size=0)

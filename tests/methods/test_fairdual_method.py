@@ -44,7 +44,7 @@ def trainer(root: Path, **kwargs) -> L.Trainer:
 @pytest.mark.parametrize("kwargs, match", [
     (dict(lam=-0.1), "lam"), (dict(eta=0.0), "eta"), (dict(num_samples=31), "num_samples"),
     (dict(topk=21), "topk"), (dict(preset="paper"), "preset"), (dict(signal="x"), "signal"),
-    (dict(alpha=0.0), "alpha"), (dict(num_item_groups=0), "item groups")])
+    (dict(alpha=0.0), "alpha"), (dict(num_item_groups=0), "item groups"), (dict(num_train_rows=0), "num_train_rows")])
 def test_bad_configuration(tmp_path, kwargs, match):
     dm = datamodule(make_data(tmp_path))
     with pytest.raises(ValueError, match=match):
@@ -84,9 +84,8 @@ def test_fairdiverse_preset_matches_hand_computed_two_step_trace():
     item_group = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 0, 1])
     model = FairDual(lambda u, i: MF(u, i, dim=4, init_std=0.5), num_users=5, num_items=num_items,
                      num_item_groups=groups, preset="fairdiverse", num_samples=q, topk=k, eta=eta, lam=lam,
-                     alpha=alpha)
+                     alpha=alpha, num_train_rows=n_rows)
     model.set_item_groups(torch.arange(num_items + 1), item_group, torch.ones(num_items))
-    model.num_train_rows = n_rows
     model.on_train_epoch_start()
     onehot = np.eye(groups)[item_group.numpy()]                                   # M [I, G]
     mu, c_t, prev = np.ones(groups), k * n_rows * np.ones(groups), np.zeros(groups)
@@ -114,6 +113,14 @@ def test_fairdiverse_preset_matches_hand_computed_two_step_trace():
         np.testing.assert_allclose(model.mu.numpy(), mu, atol=1e-6)
         np.testing.assert_allclose(model.gmom.numpy(), prev, atol=1e-12)
     assert projected, "the trace should exercise the projection"
+
+
+def test_num_train_rows_defaults_to_the_data_and_an_explicit_value_is_kept(tmp_path):
+    dm = datamodule(make_data(tmp_path))
+    for given, expected in ((None, len(dm.train_users)), (5 * len(dm.train_users), 5 * len(dm.train_users))):
+        model = module(dm, num_train_rows=given)
+        trainer(tmp_path, max_steps=1).fit(model, datamodule=dm)
+        assert model.num_train_rows == expected
 
 
 def test_no_nan_when_weights_vanish():
