@@ -13,6 +13,7 @@ metric columns compare the two implementations, not two data pipelines. Timings:
 (evaluation excluded) and per test pass.
 """
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -23,6 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from harness import markdown_table, time_ms, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +63,16 @@ T.json.dump = grab
 t0 = time.perf_counter()
 T.RecTrainer(cfg).train()
 total = time.perf_counter() - t0
-print("RESULT" + json.dumps({"total": total, "evals": evals, "test": result}))
+# The test pass's scores (store_scores): row r holds the scores of test-list row r, in list order.
+import glob, scipy.sparse as sp
+path = max(glob.glob(os.path.join("recommendation", "log", "*_" + cfg["log_name"], "ranking_scores.npz")),
+           key=os.path.getmtime)
+coo = sp.load_npz(path)
+rows = coo.shape[0]
+assert (coo.row == np.repeat(np.arange(rows), cfg["sample_num"])).all()
+print("RESULT" + json.dumps({"total": total, "evals": evals, "test": result,
+                             "scores": coo.data.reshape(rows, -1).tolist(),
+                             "items": coo.col.reshape(rows, -1).tolist()}))
 '''
 
 
@@ -86,8 +99,6 @@ print("RESULT" + json.dumps(out))
 
 def projection_table(python: Path, sizes=(2, 18, 1000)) -> str:
     """Per-call time of FairDiverse's cvxpy projection vs `project_dual` (CPU, and CUDA when present)."""
-    import torch
-
     from fairlit.methods._fairdual_projection import project_dual
 
     proc = subprocess.run([str(python), "-c", CVXPY, json.dumps(list(sizes))], capture_output=True, text=True,
@@ -143,7 +154,7 @@ def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model
     cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": True, "rank_model": rank_model,
            "epoch": epochs, "eval_step": 5, "device": "cpu", "batch_size": 64, "learning_rate": 1e-3,
            "topk": [5, 10, 20], "log_name": f"bench_{rank_model.lower()}", "watch_metric": "ndcg@5",
-           "fairness_type": "Exposure", "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": False,
+           "fairness_type": "Exposure", "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": True,
            "reprocess": True, "use_llm": False, "eval_type": "ranking"}
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")   # README fact 4
     proc = subprocess.run([str(python), "-c", prelude + DRIVER, json.dumps(cfg), str(seed)], cwd=work, env=env,
@@ -191,66 +202,105 @@ def fairdiverse_split(work: Path):
     return prep, len(frames[0]), lists
 
 
-def run_fairlit(work: Path, epochs: int, seed: int, batches_per_step: int = 1) -> dict:
-    """fairlit's FairDual(preset="fairdiverse") trained on FairDiverse's processed split, tested on its lists."""
-    import lightning as L
-    import torch
+class EpochClock(L.Callback):
+    """Wall time of each training epoch (evaluation excluded)."""
+
+    def __init__(self):
+        self.seconds = []
+
+    def on_train_epoch_start(self, *_):
+        self.t = time.perf_counter()
+
+    def on_train_epoch_end(self, *_):
+        self.seconds.append(time.perf_counter() - self.t)
+
+
+def fit_on_fairdiverse_split(make_model, work: Path, epochs: int, seed: int, batch_size: int = 64,
+                             batches_per_step: int = 1) -> dict:
+    """Train ``make_model(dm, N)`` on FairDiverse's processed split for ``epochs`` epochs (timed), then test it
+    on FairDiverse's candidate lists. Returns ``epoch_s``, ``eval_s`` and the test metrics."""
 
     from fairlit.data import RecDataModule
-    from fairlit.methods import FairDual
-    from fairlit.models import MF
-
-    class Clock(L.Callback):
-        def __init__(self):
-            self.train = []
-
-        def on_train_epoch_start(self, *_):
-            self.t = time.perf_counter()
-
-        def on_train_epoch_end(self, *_):
-            self.train.append(time.perf_counter() - self.t)
 
     prep, num_train_rows, lists = fairdiverse_split(work)
     torch.manual_seed(seed)
-    dm = RecDataModule.from_prepared(prep, batch_size=64, batches_per_step=batches_per_step, seed=seed)
-    model = FairDual(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
-                     num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
-                     num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=num_train_rows)
-    clock = Clock()
+    dm = RecDataModule.from_prepared(prep, batch_size=batch_size, batches_per_step=batches_per_step, seed=seed)
+    model = make_model(dm, num_train_rows)
+    clock = EpochClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
                         limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     t = time.perf_counter()
-    test = listed_test(model, dm.item_group, dm.num_item_groups, lists)
-    return {"epoch_s": sum(clock.train) / len(clock.train), "eval_s": time.perf_counter() - t, "test": test}
-
-
-def listed_test(model, item_group, num_groups: int, lists) -> dict[str, float]:
-    """FairDiverse's ranking test on its own lists: each row ranks its listed items (the first ``pos_length``
-    are the positives, the rest its sampled negatives, repeats included); metrics by fairlit's classes."""
-    import ast
-
-    import numpy as np
-    import torch
-
-    from fairlit.metrics import ItemGroupFairness, RankingMetrics
-
-    ks = [5, 10, 20]
-    ranking = RankingMetrics(ks, metrics=("ndcg", "mrr", "hr"))
-    fair = ItemGroupFairness(item_group, num_groups=num_groups, ks=ks)
-    users = torch.tensor(lists["user_id"].to_numpy(np.int64))
-    candidates = torch.as_tensor(np.stack([ast.literal_eval(x) for x in lists["items"]]).astype(np.int64))
-    num_pos = torch.tensor(lists["pos_length"].to_numpy(np.int64))
     model.eval()
     with torch.no_grad():
+        users = torch.tensor(lists["user_id"].to_numpy(np.int64))
         user_vecs, item_vecs = model.encode({"user": users})
+        candidates = list_items(lists)
         scores = torch.einsum("bd,bcd->bc", user_vecs, item_vecs[candidates])    # [U, 200]
-        values, order = scores.topk(max(ks), dim=1)
-    ranking.update(order < num_pos[:, None], num_pos)
-    fair.update(candidates.gather(1, order), values)
-    out = ranking.compute() | fair.compute()
+    test = list_metrics(scores, candidates, lists, dm.item_group, dm.num_item_groups)
+    return {"epoch_s": sum(clock.seconds) / len(clock.seconds), "eval_s": time.perf_counter() - t, "test": test}
+
+
+def list_items(lists) -> torch.Tensor:
+    """The candidate lists ``[U, C]`` of a FairDiverse ``.ranking`` frame (positives first)."""
+
+    return torch.as_tensor(np.stack([ast.literal_eval(x) for x in lists["items"]]).astype(np.int64))
+
+
+def list_metrics(scores, candidates, lists, item_group, num_groups: int) -> dict[str, float]:
+    """FairDiverse's ranking test by fairlit's metric classes: row u ranks its candidates ``[U, C]`` by
+    ``scores [U, C]``; its first ``pos_length`` candidates are the positives (the rest sampled negatives,
+    repeats included). NDCG/MRR/HR and exposure MMF (ratio 0.2), plus FairNeg's pooled group recall."""
+
+    from fairlit.metrics import GroupRecall, ItemGroupFairness, RankingMetrics
+
+    ks = [5, 10, 20]
+    num_pos = torch.tensor(lists["pos_length"].to_numpy(np.int64))
+    values, order = scores.topk(max(ks), dim=1)
+    top, hits = candidates.gather(1, order), order < num_pos[:, None]
+    ranking = RankingMetrics(ks, metrics=("ndcg", "mrr", "hr"))
+    ranking.update(hits, num_pos)
+    fair = ItemGroupFairness(item_group, num_groups=num_groups, ks=ks)
+    fair.update(top, values)
+    recall = GroupRecall(item_group, num_groups, ks)
+    first = torch.arange(candidates.shape[1]) < num_pos[:, None]
+    recall.update(top, hits, torch.cat([num_pos.new_zeros(1), num_pos.cumsum(0)]), candidates[first])
+    out = ranking.compute() | fair.compute() | recall.compute()
     return {k.replace("mmf_exposure", "mmf"): float(v) for k, v in out.items()}
+
+
+def fairdiverse_rescored(res: dict, work: Path) -> dict[str, float]:
+    """fairlit's metrics of FairDiverse's own test scores (its group recall, and a check of the metric code)."""
+
+    prep, _, lists = fairdiverse_split(work)
+    candidates = list_items(lists)
+    if not torch.equal(torch.tensor(res["items"]), candidates):
+        raise RuntimeError("FairDiverse's stored test scores are not in the order of its test lists")
+    group = torch.as_tensor(prep.item_group)
+    return list_metrics(torch.tensor(res["scores"]), candidates, lists, group, len(prep.item_group_names))
+
+
+def seed_tables(results: dict[str, list[list[float]]], rows: list[list], header: list[str]) -> str:
+    """Per-seed rows, then mean ± std per implementation when there are several seeds."""
+    table = markdown_table(header, rows)
+    if max(len(v) for v in results.values()) > 1:
+        first = header.index("s / epoch")
+        summary = [[name, len(vals)] + [f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f}" for c in zip(*vals)]
+                   for name, vals in results.items()]
+        table += "\n\nMean ± std over the seeds:\n\n" + markdown_table(
+            [header[0], "seeds"] + header[first:], summary)
+    return table
+
+
+def fairdual(dm, num_train_rows: int):
+    """fairlit's FairDual with FairDiverse's code settings (preset, BPR on σ-scores, its N)."""
+    from fairlit.methods import FairDual
+    from fairlit.models import MF
+
+    return FairDual(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
+                    num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
+                    num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=num_train_rows)
 
 
 def main() -> None:
@@ -266,8 +316,6 @@ def main() -> None:
                         help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     python = ensure_venv(args.fd_venv)
     if "fairdiverse" in args.sides or args.projection_only:
@@ -283,23 +331,25 @@ def main() -> None:
     for seed in args.seeds:
         # FairDiverse re-processes the data with its seed (the test negatives are random): each fairlit run
         # trains and tests on the files of the FairDiverse run just before it.
-        runs = [("FairDiverse 1.0.0", "fairdiverse", lambda s=seed: run_fairdiverse(python, args.work, args.epochs, s))]
-        runs += [(f"fairlit, batches_per_step {c}", "fairlit",
-                  lambda s=seed, c=c: run_fairlit(args.work, args.epochs, s, c)) for c in args.batches_per_step]
-        for name, side, fn in runs:
-            if side not in args.sides:
-                continue
-            res = fn()
-            values = [res["epoch_s"], res["eval_s"]] + [100 * float(res["test"].get(m, float("nan"))) for m in METRICS]
+        if "fairdiverse" in args.sides:
+            res = run_fairdiverse(python, args.work, args.epochs, seed)
+            rescored = fairdiverse_rescored(res, args.work)
+            gap = max(abs(rescored[m] - float(res["test"][m])) for m in METRICS)
+            print(f"seed {seed}: fairlit's metrics of FairDiverse's scores differ from its own by <= {gap:.2e}")
+            res["test"] = rescored
+            runs = [("FairDiverse 1.0.0", res)]
+        else:
+            runs = []
+        if "fairlit" in args.sides:
+            runs += [(f"fairlit, batches_per_step {c}", fit_on_fairdiverse_split(fairdual, args.work, args.epochs,
+                                                                                 seed, 64, c))
+                     for c in args.batches_per_step]
+        for name, res in runs:
+            values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
             results.setdefault(name, []).append(values)
             rows.append([name, seed] + [f"{v:.2f}" for v in values])
             print(rows[-1], flush=True)
-    header = ["implementation", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS]
-    table = markdown_table(header, rows)
-    if len(args.seeds) > 1:
-        summary = [[name, len(vals)] + [f"{statistics.mean(col):.2f} ± {statistics.stdev(col):.2f}"
-                                        for col in zip(*vals)] for name, vals in results.items()]
-        table += "\n\nMean ± std over the seeds:\n\n" + markdown_table(["implementation", "seeds"] + header[2:], summary)
+    table = seed_tables(results, rows, ["implementation", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS])
     print(table)
     if args.out:
         write_section(args.out, "bench_fairdual_fairdiverse", table)
