@@ -286,8 +286,8 @@ def seed_tables(results: dict[str, list[list[float]]], rows: list[list], header:
     table = markdown_table(header, rows)
     if max(len(v) for v in results.values()) > 1:
         first = header.index("s / epoch")
-        summary = [[name, len(vals)] + [f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f}" for c in zip(*vals)]
-                   for name, vals in results.items()]
+        summary = [[name, len(vals)] + [f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f}" if len(c) > 1
+                                        else f"{c[0]:.2f}" for c in zip(*vals)] for name, vals in results.items()]
         table += "\n\nMean ± std over the seeds:\n\n" + markdown_table(
             [header[0], "seeds"] + header[first:], summary)
     return table

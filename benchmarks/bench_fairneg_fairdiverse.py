@@ -76,9 +76,14 @@ def main() -> None:
     write_fairdiverse_data(args.work)
     rows, results = [], {}
     for seed in args.seeds:
-        res = run_fairdiverse(python, args.work, args.epochs, seed, "FairNeg", PATCH)
-        res["test"] = fairdiverse_rescored(res, args.work)
-        runs = [("FairDiverse 1.0.0 FairNeg", 64, res)]
+        try:
+            res = run_fairdiverse(python, args.work, args.epochs, seed, "FairNeg", PATCH)
+            res["test"] = fairdiverse_rescored(res, args.work)
+            runs = [("FairDiverse 1.0.0 FairNeg", 64, res)]
+        except RuntimeError as err:   # its p update can leave the simplex: NaN sampling weights
+            print(f"seed {seed}: FairDiverse's FairNeg failed: {str(err).strip().splitlines()[-1]}", flush=True)
+            rows.append(["FairDiverse 1.0.0 FairNeg", 64, seed, "failed"] + [""] * (len(METRICS) + 1))
+            runs = []
         for spec in args.fairlit_batch:     # each trains on the files of the FairDiverse run just before
             b, c = (int(x) for x in (spec.split("x") + ["1"])[:2])
             runs.append(("fairlit FairNeg" + (f", batches_per_step {c}" if c > 1 else ""), b,

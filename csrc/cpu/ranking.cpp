@@ -97,8 +97,14 @@ std::tuple<at::Tensor, at::Tensor> score_candidates_backward_cpu(const at::Tenso
     for (int64_t p = 0; p < pairs; ++p) order[fill[cs[p]]++] = p;
   }
 
+  // Items no pair touches get a zero row from one memset; the loop below visits only the touched ones.
+  std::vector<int64_t> touched;
+  for (int64_t i = 0; i < items; ++i) {
+    if (offset[i + 1] > offset[i]) touched.push_back(i);
+  }
+  const int64_t ntouched = static_cast<int64_t>(touched.size());
   at::Tensor grad_user = at::empty_like(u);
-  at::Tensor grad_item = at::empty_like(it);
+  at::Tensor grad_item = at::zeros_like(it);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fairlit_score_candidates_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* us = u.data_ptr<scalar_t>();
@@ -118,9 +124,10 @@ std::tuple<at::Tensor, at::Tensor> score_candidates_backward_cpu(const at::Tenso
         for (int64_t d = 0; d < dim; ++d) gu[b * dim + d] = static_cast<scalar_t>(acc[d]);
       }
     });
-    at::parallel_for(0, items, 64, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, ntouched, 64, [&](int64_t t0, int64_t t1) {
       std::vector<acc_t> acc(static_cast<size_t>(dim));
-      for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = touched[t];
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t q = offset[i]; q < offset[i + 1]; ++q) {
           const int64_t p = order[q];
