@@ -97,6 +97,28 @@ print("RESULT" + json.dumps(out))
 '''
 
 
+# FairDiverse 1.0.0's pair sampler starts from ``neg_item = 0`` and only draws while that is a positive: every
+# user without item 0 among its positives gets item 0 as the negative (39,883 of 40,115 ML-100K training rows).
+# ``--uniform-negatives`` runs FairDiverse with this patch: the first candidate is drawn too.
+UNIFORM_NEGATIVES = r'''
+import random as _random, sys as _sys, types as _types
+_sys.modules["gurobipy"] = _types.ModuleType("gurobipy")
+for _n in ("Model", "GRB", "quicksum"):
+    setattr(_sys.modules["gurobipy"], _n, None)
+import torch as _torch
+from fairdiverse.recommendation import sampler as _sampler
+def _pair_item(self, idx):
+    user_id = int(self.user_ids[idx].numpy())
+    neg_item = _random.randint(0, self.config["item_num"] - 1)
+    while neg_item in self.user2pos[user_id]:
+        neg_item = _random.randint(0, self.config["item_num"] - 1)
+    neg_group = _torch.tensor(self.iid2pid[neg_item], dtype=_torch.long)
+    return (self.user_ids[idx], self.history_ids[idx], self.item_ids[idx], _torch.tensor(neg_item, dtype=_torch.long),
+            self.group_id[idx], neg_group)
+_sampler.PairWiseDataset.__getitem__ = _pair_item
+'''
+
+
 def projection_table(python: Path, sizes=(2, 18, 1000)) -> str:
     """Per-call time of FairDiverse's cvxpy projection vs `project_dual` (CPU, and CUDA when present)."""
     from fairlit.methods._fairdual_projection import project_dual
@@ -147,13 +169,14 @@ def write_fairdiverse_data(work: Path) -> None:
                                                      header=["item_id:token", "genre:token", "movie_title:token"])
 
 
-def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model: str = "FairDual",
+def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model: str | None = "FairDual",
                     prelude: str = "") -> dict:
-    """Train FairDiverse's ``rank_model`` on BPR-MF (ML-100K protocol above) and time it; ``prelude`` is Python
-    run before the driver (e.g. a patch of the peer)."""
-    cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": True, "rank_model": rank_model,
-           "epoch": epochs, "eval_step": 5, "device": "cpu", "batch_size": 64, "learning_rate": 1e-3,
-           "topk": [5, 10, 20], "log_name": f"bench_{rank_model.lower()}", "watch_metric": "ndcg@5",
+    """Train FairDiverse's ``rank_model`` (``None``: plain BPR) on BPR-MF (ML-100K protocol above) and time it;
+    ``prelude`` is Python run before the driver (e.g. a patch of the peer)."""
+    cfg = {"dataset": "ml100k", "model": "BPR", "data_type": "pair", "fair-rank": rank_model is not None,
+           "rank_model": rank_model, "epoch": epochs, "eval_step": 5, "device": "cpu", "batch_size": 64,
+           "learning_rate": 1e-3, "topk": [5, 10, 20], "log_name": f"bench_{(rank_model or 'bpr').lower()}",
+           "watch_metric": "ndcg@5",
            "fairness_type": "Exposure", "mmf_eval_ratio": 0.2, "sample_num": 200, "store_scores": True,
            "reprocess": True, "use_llm": False, "eval_type": "ranking"}
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")   # README fact 4
@@ -293,6 +316,15 @@ def seed_tables(results: dict[str, list[list[float]]], rows: list[list], header:
     return table
 
 
+def uni(dm, _num_train_rows: int):
+    """fairlit's unweighted BPR with FairDiverse's loss on σ-scores: the plain-BPR parity row."""
+    from fairlit.methods import UNI
+    from fairlit.models import MF
+
+    return UNI(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
+               num_item_groups=dm.num_item_groups, ks=[5, 10, 20], bpr_on_sigmoid=True)
+
+
 def fairdual(dm, num_train_rows: int):
     """fairlit's FairDual with FairDiverse's code settings (preset, BPR on σ-scores, its N)."""
     from fairlit.methods import FairDual
@@ -312,6 +344,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     parser.add_argument("--projection-only", action="store_true", help="only time the projection")
     parser.add_argument("--sides", nargs="+", default=["fairdiverse", "fairlit"])
+    parser.add_argument("--uniform-negatives", action="store_true",
+                        help="patch FairDiverse's pair sampler, which returns item 0 as the negative of most rows")
+    parser.add_argument("--methods", nargs="+", choices=["fairdual", "bpr"], default=["fairdual"],
+                        help="bpr: plain BPR on both sides (FairDiverse without fair-rank, fairlit UNI), a parity check")
     parser.add_argument("--batches-per-step", type=int, nargs="+", default=[1, 16],
                         help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training)")
     args = parser.parse_args()
@@ -331,19 +367,22 @@ def main() -> None:
     for seed in args.seeds:
         # FairDiverse re-processes the data with its seed (the test negatives are random): each fairlit run
         # trains and tests on the files of the FairDiverse run just before it.
-        if "fairdiverse" in args.sides:
-            res = run_fairdiverse(python, args.work, args.epochs, seed)
-            rescored = fairdiverse_rescored(res, args.work)
-            gap = max(abs(rescored[m] - float(res["test"][m])) for m in METRICS)
-            print(f"seed {seed}: fairlit's metrics of FairDiverse's scores differ from its own by <= {gap:.2e}")
-            res["test"] = rescored
-            runs = [("FairDiverse 1.0.0", res)]
-        else:
-            runs = []
-        if "fairlit" in args.sides:
-            runs += [(f"fairlit, batches_per_step {c}", fit_on_fairdiverse_split(fairdual, args.work, args.epochs,
-                                                                                 seed, 64, c))
-                     for c in args.batches_per_step]
+        runs = []
+        methods = {"fairdual": ("FairDual", fairdual, ""), "bpr": (None, uni, "BPR (UNI)")}
+        for rank_model, make_model, label in [methods[m] for m in args.methods]:
+            if "fairdiverse" in args.sides:
+                res = run_fairdiverse(python, args.work, args.epochs, seed, rank_model,
+                                      UNIFORM_NEGATIVES if args.uniform_negatives else "")
+                rescored = fairdiverse_rescored(res, args.work)
+                gap = max(abs(rescored[m] - float(res["test"][m])) for m in METRICS)
+                print(f"seed {seed}: fairlit's metrics of FairDiverse's scores differ from its own by <= {gap:.2e}")
+                res["test"] = rescored
+                name = "FairDiverse 1.0.0" + (" (uniform negatives)" if args.uniform_negatives else "")
+                runs.append((" ".join([name, label]).strip(), res))
+            if "fairlit" in args.sides:
+                runs += [(f"fairlit{', ' + label if label else ''}, batches_per_step {c}",
+                          fit_on_fairdiverse_split(make_model, args.work, args.epochs, seed, 64, c))
+                         for c in args.batches_per_step]
         for name, res in runs:
             values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
             results.setdefault(name, []).append(values)
