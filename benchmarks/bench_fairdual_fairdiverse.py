@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py
@@ -28,6 +29,8 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from harness import markdown_table, time_ms, write_section  # noqa: E402
+
+from fairlit.data import Prepared, RecDataModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO.parent / "shared" / "peers" / "fairdiverse"
@@ -192,19 +195,28 @@ def run_fairdiverse(python: Path, work: Path, epochs: int, seed: int, rank_model
     return out
 
 
-def fairdiverse_split(work: Path):
-    """FairDiverse's processed ML-100K of the last run as fairlit data: ``(Prepared, N, test lists)``.
+@dataclass
+class FairDiverseSplit:
+    """FairDiverse's processed ML-100K of its last run, read once.
 
-    The Prepared keeps FairDiverse's user/item ids, its label-1 rows of each split (the rows its pair
-    loader trains on and its ranking files test) and its item groups (``iid2pid.json``). N is the length
-    of its training file, label-0 rows included: FairDiverse's FairDual divides the budget by it. The test
-    lists are ``<name>.test.ranking`` after the driver's filter (200 items per row, positives first).
+    ``prep`` keeps FairDiverse's user/item ids, its label-1 rows of each split (the rows its pair loader trains
+    on and its ranking files test) and its item groups (``iid2pid.json``). ``num_train_rows`` (N) is the length
+    of its training file, label-0 rows included: FairDiverse's FairDual divides the budget by it. The test lists
+    are ``<name>.test.ranking`` after the driver's filter: ``users [U]``, ``candidates [U, 200]`` (positives
+    first) and ``num_pos [U]``.
     """
-    import numpy as np
+
+    prep: Prepared
+    num_train_rows: int
+    users: torch.Tensor
+    candidates: torch.Tensor
+    num_pos: torch.Tensor
+
+
+def fairdiverse_split(work: Path) -> FairDiverseSplit:
+    """Read the processed files of FairDiverse's last run under ``work`` (see `FairDiverseSplit`)."""
     import pandas as pd
     import yaml
-
-    from fairlit.data import Prepared
 
     root = work / "recommendation" / "processed_dataset" / "ml100k"
     if not (root / "ml100k.test.ranking").exists():
@@ -222,7 +234,10 @@ def fairdiverse_split(work: Path):
                     item_group=np.array([int(iid2pid[str(i)]) for i in range(cfg["item_num"])]),
                     item_group_names=[str(g) for g in range(cfg["group_num"])])
     lists = pd.read_csv(root / "ml100k.test.ranking", sep="\t")
-    return prep, len(frames[0]), lists
+    return FairDiverseSplit(
+        prep, len(frames[0]), torch.tensor(lists["user_id"].to_numpy(np.int64)),
+        torch.as_tensor(np.stack([ast.literal_eval(x) for x in lists["items"]]).astype(np.int64)),
+        torch.tensor(lists["pos_length"].to_numpy(np.int64)))
 
 
 class EpochClock(L.Callback):
@@ -238,17 +253,14 @@ class EpochClock(L.Callback):
         self.seconds.append(time.perf_counter() - self.t)
 
 
-def fit_on_fairdiverse_split(make_model, work: Path, epochs: int, seed: int, batch_size: int = 64,
+def fit_on_fairdiverse_split(make_model, split: FairDiverseSplit, epochs: int, seed: int, batch_size: int = 64,
                              batches_per_step: int = 1) -> dict:
     """Train ``make_model(dm, N)`` on FairDiverse's processed split for ``epochs`` epochs (timed), then test it
     on FairDiverse's candidate lists. Returns ``epoch_s``, ``eval_s`` and the test metrics."""
-
-    from fairlit.data import RecDataModule
-
-    prep, num_train_rows, lists = fairdiverse_split(work)
     torch.manual_seed(seed)
-    dm = RecDataModule.from_prepared(prep, batch_size=batch_size, batches_per_step=batches_per_step, seed=seed)
-    model = make_model(dm, num_train_rows)
+    dm = RecDataModule.from_prepared(split.prep, batch_size=batch_size, batches_per_step=batches_per_step,
+                                     seed=seed)
+    model = make_model(dm, split.num_train_rows)
     clock = EpochClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
@@ -257,29 +269,21 @@ def fit_on_fairdiverse_split(make_model, work: Path, epochs: int, seed: int, bat
     t = time.perf_counter()
     model.eval()
     with torch.no_grad():
-        users = torch.tensor(lists["user_id"].to_numpy(np.int64))
-        user_vecs, item_vecs = model.encode({"user": users})
-        candidates = list_items(lists)
-        scores = torch.einsum("bd,bcd->bc", user_vecs, item_vecs[candidates])    # [U, 200]
-    test = list_metrics(scores, candidates, lists, dm.item_group, dm.num_item_groups)
+        user_vecs, item_vecs = model.encode({"user": split.users})
+        scores = torch.einsum("bd,bcd->bc", user_vecs, item_vecs[split.candidates])    # [U, 200]
+    test = list_metrics(scores, split)
     return {"epoch_s": sum(clock.seconds) / len(clock.seconds), "eval_s": time.perf_counter() - t, "test": test}
 
 
-def list_items(lists) -> torch.Tensor:
-    """The candidate lists ``[U, C]`` of a FairDiverse ``.ranking`` frame (positives first)."""
-
-    return torch.as_tensor(np.stack([ast.literal_eval(x) for x in lists["items"]]).astype(np.int64))
-
-
-def list_metrics(scores, candidates, lists, item_group, num_groups: int) -> dict[str, float]:
+def list_metrics(scores: torch.Tensor, split: FairDiverseSplit) -> dict[str, float]:
     """FairDiverse's ranking test by fairlit's metric classes: row u ranks its candidates ``[U, C]`` by
-    ``scores [U, C]``; its first ``pos_length`` candidates are the positives (the rest sampled negatives,
+    ``scores [U, C]``; its first ``num_pos`` candidates are the positives (the rest sampled negatives,
     repeats included). NDCG/MRR/HR and exposure MMF (ratio 0.2), plus FairNeg's pooled group recall."""
-
     from fairlit.metrics import GroupRecall, ItemGroupFairness, RankingMetrics
 
     ks = [5, 10, 20]
-    num_pos = torch.tensor(lists["pos_length"].to_numpy(np.int64))
+    candidates, num_pos = split.candidates, split.num_pos
+    item_group, num_groups = torch.as_tensor(split.prep.item_group), len(split.prep.item_group_names)
     values, order = scores.topk(max(ks), dim=1)
     top, hits = candidates.gather(1, order), order < num_pos[:, None]
     ranking = RankingMetrics(ks, metrics=("ndcg", "mrr", "hr"))
@@ -293,15 +297,11 @@ def list_metrics(scores, candidates, lists, item_group, num_groups: int) -> dict
     return {k.replace("mmf_exposure", "mmf"): float(v) for k, v in out.items()}
 
 
-def fairdiverse_rescored(res: dict, work: Path) -> dict[str, float]:
+def fairdiverse_rescored(res: dict, split: FairDiverseSplit) -> dict[str, float]:
     """fairlit's metrics of FairDiverse's own test scores (its group recall, and a check of the metric code)."""
-
-    prep, _, lists = fairdiverse_split(work)
-    candidates = list_items(lists)
-    if not torch.equal(torch.tensor(res["items"]), candidates):
+    if not torch.equal(torch.tensor(res["items"]), split.candidates):
         raise RuntimeError("FairDiverse's stored test scores are not in the order of its test lists")
-    group = torch.as_tensor(prep.item_group)
-    return list_metrics(torch.tensor(res["scores"]), candidates, lists, group, len(prep.item_group_names))
+    return list_metrics(torch.tensor(res["scores"]), split)
 
 
 def seed_tables(results: dict[str, list[list[float]]], rows: list[list], header: list[str]) -> str:
@@ -373,7 +373,9 @@ def main() -> None:
             if "fairdiverse" in args.sides:
                 res = run_fairdiverse(python, args.work, args.epochs, seed, rank_model,
                                       UNIFORM_NEGATIVES if args.uniform_negatives else "")
-                rescored = fairdiverse_rescored(res, args.work)
+            split = fairdiverse_split(args.work)     # the files of the FairDiverse run just before
+            if "fairdiverse" in args.sides:
+                rescored = fairdiverse_rescored(res, split)
                 gap = max(abs(rescored[m] - float(res["test"][m])) for m in METRICS)
                 print(f"seed {seed}: fairlit's metrics of FairDiverse's scores differ from its own by <= {gap:.2e}")
                 res["test"] = rescored
@@ -381,7 +383,7 @@ def main() -> None:
                 runs.append((" ".join([name, label]).strip(), res))
             if "fairlit" in args.sides:
                 runs += [(f"fairlit{', ' + label if label else ''}, batches_per_step {c}",
-                          fit_on_fairdiverse_split(make_model, args.work, args.epochs, seed, 64, c))
+                          fit_on_fairdiverse_split(make_model, split, args.epochs, seed, 64, c))
                          for c in args.batches_per_step]
         for name, res in runs:
             values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
@@ -392,6 +394,7 @@ def main() -> None:
     print(table)
     if args.out:
         write_section(args.out, "bench_fairdual_fairdiverse", table)
+
 
 if __name__ == "__main__":
     main()

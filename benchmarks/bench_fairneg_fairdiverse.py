@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fairdual_fairdiverse import (  # noqa: E402
     ensure_venv,
     fairdiverse_rescored,
+    fairdiverse_split,
     fit_on_fairdiverse_split,
     run_fairdiverse,
     seed_tables,
@@ -76,18 +77,21 @@ def main() -> None:
     write_fairdiverse_data(args.work)
     rows, results = [], {}
     for seed in args.seeds:
+        runs = []
         try:
             res = run_fairdiverse(python, args.work, args.epochs, seed, "FairNeg", PATCH)
-            res["test"] = fairdiverse_rescored(res, args.work)
-            runs = [("FairDiverse 1.0.0 FairNeg", 64, res)]
-        except RuntimeError as err:   # its p update can leave the simplex: NaN sampling weights
+        except RuntimeError as err:   # its unguarded p normalisation (v / sum v) can give NaN sampling weights
             print(f"seed {seed}: FairDiverse's FairNeg failed: {str(err).strip().splitlines()[-1]}", flush=True)
             rows.append(["FairDiverse 1.0.0 FairNeg", 64, seed, "failed"] + [""] * (len(METRICS) + 1))
-            runs = []
-        for spec in args.fairlit_batch:     # each trains on the files of the FairDiverse run just before
+            res = None
+        split = fairdiverse_split(args.work)    # the files of the FairDiverse run just before (processed first)
+        if res is not None:
+            res["test"] = fairdiverse_rescored(res, split)
+            runs.append(("FairDiverse 1.0.0 FairNeg", 64, res))
+        for spec in args.fairlit_batch:
             b, c = (int(x) for x in (spec.split("x") + ["1"])[:2])
             runs.append(("fairlit FairNeg" + (f", batches_per_step {c}" if c > 1 else ""), b,
-                         fit_on_fairdiverse_split(lambda dm, n, s=seed: fairneg(dm, n, s), args.work, args.epochs,
+                         fit_on_fairdiverse_split(lambda dm, n, s=seed: fairneg(dm, n, s), split, args.epochs,
                                                   seed, b, c)))
         for name, batch, res in runs:
             values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
@@ -99,6 +103,7 @@ def main() -> None:
     print(table)
     if args.out:
         write_section(args.out, "bench_fairneg_fairdiverse", table)
+
 
 if __name__ == "__main__":
     main()

@@ -114,10 +114,11 @@ class RecDataModule(L.LightningDataModule):
             ValueError: ``prepared`` is inconsistent (lengths, id ranges, empty part, group vector size).
         """
         params = inspect.signature(cls.__init__).parameters
-        refused = sorted(set(options) - (set(params) - _PREPROCESSING - {"self"}))
+        accepted = set(params) - _PREPROCESSING - {"self"}
+        refused = sorted(set(options) - accepted)
         if refused:
             raise TypeError(f"RecDataModule.from_prepared: options {refused} are not loader arguments; it "
-                            f"accepts {sorted(set(params) - _PREPROCESSING - {'self'})}")
+                            f"accepts {sorted(accepted)}")
         dm = cls.__new__(cls)
         L.LightningDataModule.__init__(dm)
         dm.save_hyperparameters({name: p.default for name, p in params.items() if name != "self"}
