@@ -92,6 +92,28 @@ inline void check_candidates(const at::Tensor& candidates, int64_t batch) {
               "fairlit: `candidates` must be [C] or [B, C] with B = ", batch, ", got ", candidates.sizes());
 }
 
+// Validation shared by the sampled_topk_group_stats kernels (both devices); ids are checked as they are read.
+inline void check_sampled_group_inputs(const at::Tensor& user_emb, const at::Tensor& item_emb, const at::Tensor& sampled,
+                                       int64_t k, const at::Tensor& group_ids, const at::Tensor& group_weights,
+                                       int64_t num_groups) {
+  check_embedding_inputs(user_emb, item_emb);
+  check_index(sampled, "sampled");
+  check_dim(sampled, 1, "sampled");
+  check_same_device(user_emb, sampled, "user_emb", "sampled");
+  TORCH_CHECK(k >= 1 && k <= sampled.size(0), "fairlit: `k` must lie in [1, Q] with Q = ", sampled.size(0),
+              " sampled items, got ", k);
+  check_index(group_ids, "group_ids");
+  check_float(group_weights, "group_weights");
+  check_dim(group_ids, 2, "group_ids");
+  TORCH_CHECK(group_ids.size(0) == item_emb.size(0), "fairlit: `group_ids` must be [I, P] with I = ",
+              item_emb.size(0), " items, got ", group_ids.sizes());
+  TORCH_CHECK(group_weights.sizes() == group_ids.sizes(), "fairlit: `group_weights` must have the shape of `group_ids` ",
+              group_ids.sizes(), ", got ", group_weights.sizes());
+  check_same_device(user_emb, group_ids, "user_emb", "group_ids");
+  check_same_device(user_emb, group_weights, "user_emb", "group_weights");
+  TORCH_CHECK(num_groups >= 1, "fairlit: `num_groups` must be >= 1, got ", num_groups);
+}
+
 // Validation shared by the soft_sort kernels (both devices).
 inline void check_scores(const at::Tensor& scores, double tau, int64_t k) {
   check_float(scores, "scores");
@@ -147,6 +169,30 @@ inline void check_csr_matmul_inputs(const at::Tensor& indptr, const at::Tensor& 
   check_same_device(x, t_indptr, "x", "t_indptr");
   check_same_device(x, t_indices, "x", "t_indices");
   check_same_device(x, t_values, "x", "t_values");
+}
+
+// Validation shared by the projection kernels (both devices): mu [R, G], mhat [G], lam [R] (and the
+// backward's grad [R, G]), one floating dtype, one device. Values (mhat > 0, lam >= 0) are the wrapper's job
+// (the CPU kernel also checks mhat > 0; the CUDA kernel stays in bounds for any value).
+inline void check_projection_inputs(const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor& lam) {
+  check_float(mu, "mu");
+  check_dim(mu, 2, "mu");
+  check_dim(mhat, 1, "mhat");
+  check_dim(lam, 1, "lam");
+  TORCH_CHECK(mhat.size(0) == mu.size(1), "fairlit: `mhat` must be [G] with G = ", mu.size(1), ", got ",
+              mhat.sizes());
+  TORCH_CHECK(lam.size(0) == mu.size(0), "fairlit: `lam` must be [R] with R = ", mu.size(0), ", got ", lam.sizes());
+  TORCH_CHECK(mhat.scalar_type() == mu.scalar_type(), "fairlit: `mhat` and `mu` dtypes differ");
+  TORCH_CHECK(lam.scalar_type() == mu.scalar_type(), "fairlit: `lam` and `mu` dtypes differ");
+  check_same_device(mu, mhat, "mu", "mhat");
+  check_same_device(mu, lam, "mu", "lam");
+}
+
+inline void check_projection_grad(const at::Tensor& grad, const at::Tensor& mu) {
+  TORCH_CHECK(grad.sizes() == mu.sizes(), "fairlit: `grad` must have the shape of `mu` ", mu.sizes(), ", got ",
+              grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == mu.scalar_type(), "fairlit: `grad` and `mu` dtypes differ");
+  check_same_device(mu, grad, "mu", "grad");
 }
 
 // Loss sums are accumulated and returned in float32 for half inputs: a sum of 1e5 per-sample losses

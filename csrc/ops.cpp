@@ -23,6 +23,12 @@ TORCH_LIBRARY(fairlit, m) {
   m.def("score_candidates(Tensor user_emb, Tensor item_emb, Tensor candidates) -> Tensor");
   m.def("score_candidates_backward(Tensor grad, Tensor user_emb, Tensor item_emb, Tensor candidates) -> (Tensor, Tensor)");
   m.def("topk_scores(Tensor user_emb, Tensor item_emb, int k, Tensor? candidates, Tensor? exclude_indptr, Tensor? exclude_indices) -> (Tensor, Tensor)");
+  // FairDual's dual signal (spec fairdual §7 K1): top-k of shared sampled items per row, and the group share
+  // of those slots -> (values [B, k], items [B, k], consumed [G] f64, row_consumed [B, G] f64 or [0, G]).
+  m.def("sampled_topk_group_stats(Tensor user_emb, Tensor item_emb, Tensor sampled, int k, Tensor group_ids, Tensor group_weights, int num_groups, bool sigmoid_utility, bool per_row) -> (Tensor, Tensor, Tensor, Tensor)");
+  // projection family (spec fairdual §2.5 / §7 K3): rows of mu [R, G] onto M = {x : sum_g mhat_g min(x_g, 0) >= -lam_r}.
+  m.def("dual_projection(Tensor mu, Tensor mhat, Tensor lam, bool weighted) -> Tensor");
+  m.def("dual_projection_backward(Tensor grad, Tensor mu, Tensor mhat, Tensor lam, bool weighted) -> (Tensor, Tensor)");
   // soft_sort family: neuralsort -> P [B, k, N]; soft_rank_gain -> (out [B], lse [B, k], dots [B, k]), where
   // lse/dots are the per-row softmax statistics the backward reuses (flash-attention style recompute).
   m.def("neuralsort(Tensor scores, float tau, int k) -> Tensor");

@@ -13,7 +13,7 @@ def report() -> str:
     if not ops.HAS_EXT:
         lines.append(f"  reason: {ops._library.UNAVAILABLE_REASON}")
     lines.append("op backends:")
-    lines += [f"  {name:<20} {ops.backend(name)}" for name in ops.OPS]
+    lines += [f"  {name:<26} {ops.backend(name)}" for name in ops.OPS]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-// CPU kernels of the ranking family: score_candidates (+ backward) and topk_scores.
+// CPU kernels of the ranking family: score_candidates (+ backward), topk_scores and sampled_topk_group_stats.
 //
 // score_candidates: parallel over rows, one dot product per (row, candidate), never [B, C, d].
 // Its item gradient is a deterministic segmented sum: the B*C (row, candidate) pairs are bucketed by
@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -296,12 +297,108 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& user_emb, c
   return {val.to(user_emb.scalar_type()), idx};
 }
 
+// sampled_topk_group_stats: one GEMM scores the shared [Q] sample, then each row keeps its top-k by insertion and
+// adds its slots' utility to the groups of those items. Rows are processed in fixed blocks of kStatsRows whose
+// [G] partial sums are added in block order, so `consumed` does not depend on the thread count.
+constexpr int64_t kStatsRows = 64;
+
+// Ranking order of the dual signal: NaN first (as torch.sort), then higher scores; positions arrive in increasing
+// order and only a strictly better key moves ahead, so ties keep the earlier position.
+template <typename V>
+inline bool ranks_before(V a, V b) {
+  return std::isnan(a) ? !std::isnan(b) : a > b;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_topk_group_stats_cpu(
+    const at::Tensor& user_emb, const at::Tensor& item_emb, const at::Tensor& sampled, int64_t k,
+    const at::Tensor& group_ids, const at::Tensor& group_weights, int64_t num_groups, bool sigmoid_utility,
+    bool per_row) {
+  check_sampled_group_inputs(user_emb, item_emb, sampled, k, group_ids, group_weights, num_groups);
+  const int64_t batch = user_emb.size(0), items = item_emb.size(0), nsampled = sampled.size(0);
+  const int64_t width = group_ids.size(1);
+  const at::Tensor ids = sampled.contiguous();
+  const int64_t* is = ids.data_ptr<int64_t>();
+  for (int64_t q = 0; q < nsampled; ++q) {
+    TORCH_CHECK(is[q] >= 0 && is[q] < items, "fairlit: `sampled` contains item id ", is[q], "; expected ids in [0, ",
+                items, ")");
+  }
+  const bool is_double = user_emb.scalar_type() == at::kDouble;
+  const at::ScalarType rank_type = is_double ? at::kDouble : at::kFloat;
+  // Scores are rounded to the embedding dtype (what a GEMM in that dtype returns), then ranked in rank_type.
+  const at::Tensor scores = at::mm(user_emb.to(rank_type), item_emb.index_select(0, ids).to(rank_type).t())
+                                .to(user_emb.scalar_type()).to(rank_type).contiguous();
+  const at::Tensor gid = group_ids.contiguous();
+  const at::Tensor gw = group_weights.to(at::kDouble).contiguous();
+  at::Tensor values = at::empty({batch, k}, user_emb.options().dtype(rank_type));
+  at::Tensor top_items = at::empty({batch, k}, user_emb.options().dtype(at::kLong));
+  at::Tensor rows = at::zeros({per_row ? batch : 0, num_groups}, user_emb.options().dtype(at::kDouble));
+  const int64_t blocks = (batch + kStatsRows - 1) / kStatsRows;
+  std::vector<double> partial(static_cast<size_t>(blocks * num_groups), 0.0);
+  const int64_t* gs = gid.data_ptr<int64_t>();
+  const double* ws = gw.data_ptr<double>();
+  double* rs = per_row ? rows.data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(rank_type, "fairlit_sampled_topk_group_stats_cpu", [&] {
+    const scalar_t* ss = scores.data_ptr<scalar_t>();
+    scalar_t* vs = values.data_ptr<scalar_t>();
+    int64_t* xs = top_items.data_ptr<int64_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t blk0, int64_t blk1) {
+      std::vector<int64_t> pos(static_cast<size_t>(k));
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        double* acc = partial.data() + blk * num_groups;
+        for (int64_t b = blk * kStatsRows; b < std::min(batch, (blk + 1) * kStatsRows); ++b) {
+          const scalar_t* row = ss + b * nsampled;
+          scalar_t* val = vs + b * k;
+          int64_t filled = 0;
+          // Entries not ahead of the current k-th are skipped by one compare against a register copy of it
+          // (NaN fails `>`, so it takes the insertion path, where `ranks_before` orders it).
+          scalar_t kth = scalar_t(0);
+          for (int64_t q = 0; q < nsampled; ++q) {
+            const scalar_t s = row[q];
+            if (filled == k && !(s > kth) && !std::isnan(s)) continue;
+            if (filled == k && !ranks_before(s, kth)) continue;
+            int64_t at = filled < k ? filled++ : k - 1;
+            while (at > 0 && ranks_before(s, val[at - 1])) {
+              val[at] = val[at - 1];
+              pos[at] = pos[at - 1];
+              --at;
+            }
+            val[at] = s;
+            pos[at] = q;
+            kth = val[filled - 1];
+          }
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t item = is[pos[j]];
+            xs[b * k + j] = item;
+            const double v = static_cast<double>(val[j]);
+            const double util = !std::isfinite(v) ? 0.0 : sigmoid_utility ? stable_sigmoid(v) : 1.0;
+            for (int64_t p = 0; p < width; ++p) {
+              const int64_t g = gs[item * width + p];
+              TORCH_CHECK(g >= 0 && g < num_groups, "fairlit: `group_ids` of item ", item, " contains group id ", g,
+                          "; expected ids in [0, ", num_groups, ")");
+              const double c = util * ws[item * width + p];
+              acc[g] += c;
+              if (rs != nullptr) rs[b * num_groups + g] += c;
+            }
+          }
+        }
+      }
+    });
+  });
+  at::Tensor consumed = at::zeros({num_groups}, user_emb.options().dtype(at::kDouble));
+  double* cs = consumed.data_ptr<double>();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t g = 0; g < num_groups; ++g) cs[g] += partial[blk * num_groups + g];
+  }
+  return {values.to(user_emb.scalar_type()), top_items, consumed, rows};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, CPU, m) {
   m.impl("score_candidates", &score_candidates_cpu);
   m.impl("score_candidates_backward", &score_candidates_backward_cpu);
   m.impl("topk_scores", &topk_scores_cpu);
+  m.impl("sampled_topk_group_stats", &sampled_topk_group_stats_cpu);
 }
 
 }  // namespace fairlit

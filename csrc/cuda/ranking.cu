@@ -1,4 +1,4 @@
-// CUDA kernels of the ranking family: score_candidates (+ backward) and topk_scores.
+// CUDA kernels of the ranking family: score_candidates (+ backward), topk_scores and sampled_topk_group_stats.
 //
 // Parallel plan:
 // - score_candidates: each group of `lanes` threads (a power of two <= 32, ~d) computes one (row,
@@ -23,6 +23,12 @@
 //   of the negated scores instead (excluded entries become NaN, which sorts last, with id -1). Ties keep
 //   position order, which is id order: within a tile items are in id order and the running list (first
 //   in the concatenation) holds only lower ids; candidates are first stably sorted by id.
+// - sampled_topk_group_stats: S = user_emb @ item_emb[sampled]^T (cuBLAS, ids clamped for the gather), then one
+//   block per row selects its k slots in k rounds: round j takes the first entry, in the order (NaN first, score
+//   descending, position ascending), that comes after round j-1's pick (a block-wide argmin with a fixed tree).
+//   Positions whose id lies outside [0, I) are never picked; missing slots are (-inf, -1). Thread 0 of the block
+//   then adds the row's k * P contributions into its own row of a [B, G] float64 buffer (no atomics), and
+//   consumed = that buffer's column sums: deterministic. Intended for Q up to a few thousand (O(k Q / 256) per row).
 // No host sync anywhere (exclusion rows are found by binary search in indptr on the device).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -517,12 +523,126 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cuda(const at::Tensor& user_emb, 
   return {values, indices};
 }
 
+// ---- sampled_topk_group_stats ----------------------------------------------------------------------
+
+// (a, qa) comes before (b, qb) in the dual signal's order: NaN first, then higher scores, ties to the lower position.
+template <typename V>
+__device__ __forceinline__ bool slot_before(V a, int64_t qa, V b, int64_t qb) {
+  const bool na = a != a, nb = b != b;
+  if (na || nb) return na && (!nb || qa < qb);
+  return a > b || (a == b && qa < qb);
+}
+
+template <typename V>
+__global__ void __launch_bounds__(kThreads) sampled_topk_group_kernel(
+    const V* __restrict__ scores, const int64_t* __restrict__ sampled, int64_t nsampled, int64_t items, int64_t k,
+    const int64_t* __restrict__ group_ids, const double* __restrict__ group_weights, int64_t width,
+    int64_t num_groups, bool sigmoid_utility, V* __restrict__ values, int64_t* __restrict__ top_items,
+    double* __restrict__ rows) {
+  __shared__ V best_val[kThreads];
+  __shared__ int64_t best_pos[kThreads];
+  const int64_t b = blockIdx.x;
+  const int tid = threadIdx.x;
+  const V* row = scores + b * nsampled;
+  V prev_val = V(0);
+  int64_t prev_pos = -1;  // -1: nothing picked yet
+  for (int64_t j = 0; j < k; ++j) {
+    V val = V(0);
+    int64_t pos = -1;
+    for (int64_t q = tid; q < nsampled; q += blockDim.x) {
+      const int64_t id = sampled[q];
+      if (id < 0 || id >= items) continue;
+      const V s = row[q];
+      if (prev_pos >= 0 && !slot_before(prev_val, prev_pos, s, q)) continue;
+      if (pos < 0 || slot_before(s, q, val, pos)) {
+        val = s;
+        pos = q;
+      }
+    }
+    best_val[tid] = val;
+    best_pos[tid] = pos;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+      if (tid < stride) {
+        const int64_t other = best_pos[tid + stride];
+        if (other >= 0 && (best_pos[tid] < 0 || slot_before(best_val[tid + stride], other, best_val[tid], best_pos[tid]))) {
+          best_val[tid] = best_val[tid + stride];
+          best_pos[tid] = other;
+        }
+      }
+      __syncthreads();
+    }
+    prev_val = best_val[0];
+    prev_pos = best_pos[0];
+    __syncthreads();  // everyone has read the winner before the arrays are reused
+    if (tid == 0) {
+      values[b * k + j] = prev_pos >= 0 ? prev_val : -std::numeric_limits<V>::infinity();
+      top_items[b * k + j] = prev_pos >= 0 ? sampled[prev_pos] : -1;
+    }
+    if (prev_pos < 0) {  // nothing left: the remaining slots stay empty
+      for (int64_t r = j + 1 + tid; r < k; r += blockDim.x) {
+        values[b * k + r] = -std::numeric_limits<V>::infinity();
+        top_items[b * k + r] = -1;
+      }
+      break;
+    }
+  }
+  if (tid != 0) return;
+  double* out = rows + b * num_groups;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t item = top_items[b * k + j];
+    const double v = static_cast<double>(values[b * k + j]);
+    if (item < 0 || !isfinite(v)) continue;
+    const double util = sigmoid_utility ? stable_sigmoid(v) : 1.0;
+    for (int64_t p = 0; p < width; ++p) {
+      const int64_t g = group_ids[item * width + p];
+      if (g >= 0 && g < num_groups) out[g] += util * group_weights[item * width + p];
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_topk_group_stats_cuda(
+    const at::Tensor& user_emb, const at::Tensor& item_emb, const at::Tensor& sampled, int64_t k,
+    const at::Tensor& group_ids, const at::Tensor& group_weights, int64_t num_groups, bool sigmoid_utility,
+    bool per_row) {
+  check_sampled_group_inputs(user_emb, item_emb, sampled, k, group_ids, group_weights, num_groups);
+  c10::cuda::CUDAGuard guard(user_emb.device());
+  const int64_t batch = user_emb.size(0), items = item_emb.size(0), nsampled = sampled.size(0);
+  const at::ScalarType rank_type = user_emb.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor values = at::empty({batch, k}, user_emb.options().dtype(rank_type));
+  at::Tensor top_items = at::empty({batch, k}, user_emb.options().dtype(at::kLong));
+  at::Tensor rows = at::zeros({batch, num_groups}, user_emb.options().dtype(at::kDouble));
+  if (batch > 0 && items > 0) {
+    const at::Tensor ids = sampled.contiguous();
+    const at::Tensor gathered = item_emb.index_select(0, ids.clamp(0, items - 1));
+    const at::Tensor scores = at::mm(user_emb.to(rank_type), gathered.to(rank_type).t())
+                                  .to(user_emb.scalar_type()).to(rank_type).contiguous();
+    const at::Tensor gid = group_ids.contiguous();
+    const at::Tensor gw = group_weights.to(at::kDouble).contiguous();
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(rank_type, "fairlit_sampled_topk_group_stats_cuda", [&] {
+      sampled_topk_group_kernel<scalar_t><<<static_cast<unsigned int>(batch), kThreads, 0, stream>>>(
+          scores.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(), nsampled, items, k, gid.data_ptr<int64_t>(),
+          gw.data_ptr<double>(), gid.size(1), num_groups, sigmoid_utility, values.data_ptr<scalar_t>(),
+          top_items.data_ptr<int64_t>(), rows.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  } else if (batch > 0) {
+    values.fill_(-std::numeric_limits<double>::infinity());
+    top_items.fill_(-1);
+  }
+  at::Tensor consumed = rows.sum(0);
+  if (!per_row) rows = rows.new_zeros({0, num_groups});
+  return {values.to(user_emb.scalar_type()), top_items, consumed, rows};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, CUDA, m) {
   m.impl("score_candidates", &score_candidates_cuda);
   m.impl("score_candidates_backward", &score_candidates_backward_cuda);
   m.impl("topk_scores", &topk_scores_cuda);
+  m.impl("sampled_topk_group_stats", &sampled_topk_group_stats_cuda);
 }
 
 }  // namespace fairlit

@@ -1,4 +1,5 @@
-"""Ranking scores: `score_candidates` (fused gather-dot) and `topk_scores` (top-k with exclusions).
+"""Ranking scores: `score_candidates` (fused gather-dot), `topk_scores` (top-k with exclusions) and
+`sampled_topk_group_stats` (FairDual's dual signal: top-k of a shared item sample plus its group shares).
 
 Kernels: csrc/cpu/ranking.cpp, csrc/cuda/ranking.cu.
 """
@@ -91,6 +92,71 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
     return reference.topk_scores(*args)
 
 
+UTILITIES = ("exposure", "sigmoid")
+
+
+def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sampled: torch.Tensor, k: int,
+                             group_ids: torch.Tensor, group_weights: torch.Tensor, num_groups: int,
+                             utility: str = "exposure", per_row: bool = False, *, validate: bool = True
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Each row's top-k among Q shared sampled items and the group-resolved utility of those k slots, fused
+    (FairDual's dual signal, spec fairdual §7 K1; paper Alg. 1 line 11).
+
+    .. math::
+        D_g = \sum_b \sum_{j \le k} u_{bj}\, \hat A[\mathrm{top}_{bj}, g], \qquad
+        u_{bj} = 1 \text{ (exposure) or } \sigma(s_{b,\mathrm{top}_{bj}}) \text{ (sigmoid)},
+
+    with :math:`s_{bq} = h_b \cdot E_{\mathrm{sampled}_q}`. A non-finite score (a diverged model) has
+    utility 0, so D never turns NaN.
+
+    Args:
+        user_emb: [B, d] float.
+        item_emb: [I, d] float, same dtype and device.
+        sampled: [Q] int64 item ids shared by all rows (repeats allowed).
+        k: slots per row, 1 <= k <= Q.
+        group_ids: [I, P] int64 group ids of each item's Â row (padded; padding slots have weight 0).
+        group_weights: [I, P] float Â entries (row-normalised for exposure shares; a single-group map is
+            ``group_ids = g[:, None]`` with weights 1).
+        num_groups: G >= 1.
+        utility: ``"exposure"`` or ``"sigmoid"``.
+        per_row: also return each row's [G] share (FairDiverse's top-k exposure weights need it).
+        validate: check ids and group weights (host syncs on CUDA).
+
+    Returns:
+        (values [B, k] in the embedding dtype, items [B, k] int64, consumed [G] float64,
+        row_consumed [B, G] float64, or [0, G] when ``per_row`` is False). Order: score descending, NaN
+        first (as ``torch.sort``), ties to the earlier position in ``sampled``. Not differentiable.
+    """
+    _check_embeddings(user_emb, item_emb)
+    check.index("sampled", sampled)
+    check.ndim("sampled", sampled, (1,), "[Q]")
+    check.positive_int("k", k)
+    if k > sampled.numel():
+        raise ValueError(f"`k` ({k}) must be <= the number of sampled items Q = {sampled.numel()}")
+    check.positive_int("num_groups", num_groups)
+    if utility not in UTILITIES:
+        raise ValueError(f"`utility` must be one of {UTILITIES}, got {utility!r}")
+    check.index("group_ids", group_ids)
+    check.floating("group_weights", group_weights)
+    if group_ids.dim() != 2 or group_ids.shape[0] != item_emb.shape[0]:
+        raise ValueError(f"`group_ids` must be [I, P] with I = {item_emb.shape[0]} items, got {tuple(group_ids.shape)}")
+    if group_weights.shape != group_ids.shape:
+        raise ValueError(f"`group_weights` must have the shape of `group_ids` {tuple(group_ids.shape)}, got "
+                         f"{tuple(group_weights.shape)}")
+    check.same_device(("user_emb", user_emb), ("sampled", sampled), ("group_ids", group_ids),
+                      ("group_weights", group_weights))
+    if validate:
+        check.id_range("sampled", sampled, item_emb.shape[0], "item id")
+        check.id_range("group_ids", group_ids, num_groups, "group id")
+        if group_weights.numel() and check._reads_values() and not bool(torch.isfinite(group_weights).all()):
+            raise ValueError("`group_weights` contains a non-finite value")
+    args = (user_emb.detach(), item_emb.detach(), sampled, k, group_ids, group_weights, num_groups,
+            utility == "sigmoid", per_row)
+    if has_op("sampled_topk_group_stats"):
+        return torch.ops.fairlit.sampled_topk_group_stats(*args)
+    return reference.sampled_topk_group_stats(*args)
+
+
 def _register() -> None:
     @torch.library.register_fake("fairlit::score_candidates")
     def _(user_emb, item_emb, candidates):
@@ -104,6 +170,13 @@ def _register() -> None:
     def _(user_emb, item_emb, k, candidates, exclude_indptr, exclude_indices):
         batch = user_emb.shape[0]
         return user_emb.new_empty((batch, k)), user_emb.new_empty((batch, k), dtype=torch.int64)
+    @torch.library.register_fake("fairlit::sampled_topk_group_stats")
+    def _(user_emb, item_emb, sampled, k, group_ids, group_weights, num_groups, sigmoid_utility, per_row):
+        batch = user_emb.shape[0]
+        f64 = dict(dtype=torch.float64)
+        return (user_emb.new_empty((batch, k)), user_emb.new_empty((batch, k), dtype=torch.int64),
+                user_emb.new_empty((num_groups,), **f64), user_emb.new_empty((batch if per_row else 0, num_groups), **f64))
+
     # score_candidates' autograd formula is registered in C++ (csrc/autograd.cpp): it runs every BPR step.
 
 

@@ -93,6 +93,28 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
     return values, indices
 
 
+def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sampled: torch.Tensor, k: int,
+                             group_ids: torch.Tensor, group_weights: torch.Tensor, num_groups: int,
+                             sigmoid_utility: bool = False, per_row: bool = False
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FairDual's dual signal: each row's top-k of the shared ``sampled`` items and the group share of the slots.
+
+    (values [B, k], items [B, k], consumed [G] float64, row_consumed [B, G] float64 or [0, G]). Order: score
+    descending (NaN first, as `torch.sort`), ties to the earlier position in ``sampled``. A slot's utility is 0
+    for a non-finite score, else 1 (exposure) or sigmoid(score); it is spread over the item's groups by the
+    padded Â rows ``group_ids``/``group_weights`` [I, P].
+    """
+    scores = score_candidates(user_emb, item_emb, sampled)                          # [B, Q]
+    order = torch.sort(scores, dim=1, stable=True, descending=True).indices[:, :k]
+    values, items = scores.gather(1, order), sampled[order]
+    finite = torch.isfinite(values)
+    util = torch.sigmoid(values.double()) if sigmoid_utility else torch.ones_like(values, dtype=torch.float64)
+    util = util.masked_fill(~finite, 0.0)
+    contrib = group_weights.double()[items] * util.unsqueeze(-1)                   # [B, k, P]
+    rows = contrib.new_zeros(len(items), num_groups).scatter_add_(1, group_ids[items].flatten(1), contrib.flatten(1))
+    return values, items, rows.sum(0), rows if per_row else rows.new_zeros(0, num_groups)
+
+
 def abs_rowsum(s: torch.Tensor) -> torch.Tensor:
     """a_j = sum_i |s_j - s_i| over the last dim in O(N log N) (one sort plus prefix sums), tie-safe."""
     n = s.shape[-1]
@@ -171,3 +193,49 @@ def csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
     rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1, device=indptr.device), indptr.diff())
     terms = values.to(acc).unsqueeze(1) * x.to(acc).index_select(0, indices)
     return x.new_zeros((indptr.numel() - 1, x.shape[1]), dtype=acc).index_add(0, rows, terms).to(x.dtype)
+
+
+def _last_true(cond: torch.Tensor) -> torch.Tensor:
+    """Largest 1-based position r with ``cond[..., r-1]`` true, 0 if none; [..., G] bool -> [..., 1] long."""
+    k = torch.arange(1, cond.shape[-1] + 1, device=cond.device)
+    return (cond * k).amax(-1, keepdim=True)
+
+
+def _projection_theta(sorted_key: torch.Tensor, num: torch.Tensor, den: torch.Tensor,
+                      lam: torch.Tensor) -> torch.Tensor:
+    """Shift θ ≥ 0 of the ℓ1-ball projection from sorted keys and prefix sums (all [..., G]).
+
+    θ_r = (num_r − λ) / den_r is the shift that makes the top-r entries meet the budget with equality; the
+    active set is the largest r whose θ_r stays below the r-th key. r = 0 only when λ = 0; then θ = the
+    largest key zeroes everything. θ < 0 means the input is already feasible: clamp to 0 (identity).
+    """
+    thetas = (num - lam) / den
+    r = _last_true(thetas < sorted_key)
+    theta = torch.where(r > 0, thetas.gather(-1, (r - 1).clamp(min=0)), sorted_key[..., :1])
+    return theta.clamp(min=0)
+
+
+def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: torch.Tensor, weighted: bool) -> torch.Tensor:
+    """Rows of mu [R, G] projected onto M_r = {x : Σ_g mhat_g min(x_g, 0) ≥ −lam_r}, lam [R], mhat [G] > 0.
+
+    Sort + cumsum + a search for the active count (spec fairdual §2.5), no host sync; `weighted` picks the
+    metric ‖mhat⊙(x − mu)‖ (else ‖x − mu‖). Autograd differentiates it in mu, lam and mhat.
+    """
+    acc = _acc_dtype(mu.dtype)
+    x, lam = mu.to(acc), lam.to(acc).unsqueeze(-1)
+    m = mhat.to(acc).expand_as(x)
+    if weighted:
+        v = m * x
+        b = torch.relu(-v)
+        sorted_b = b.sort(dim=-1, descending=True).values
+        k = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=acc)
+        theta = _projection_theta(sorted_b, sorted_b.cumsum(-1), k, lam)
+        out = torch.where(v < 0, -torch.relu(b - theta) / m, x)  # x, not v/m̂: exact on entries >= 0
+    else:
+        b = torch.relu(-x)
+        ratio = b / m
+        order = ratio.argsort(dim=-1, descending=True)
+        theta = _projection_theta(ratio.gather(-1, order), (m * b).gather(-1, order).cumsum(-1),
+                                  (m * m).gather(-1, order).cumsum(-1), lam)
+        out = torch.where(x < 0, -torch.relu(b - theta * m), x)
+    return out.to(mu.dtype)

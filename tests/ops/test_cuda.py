@@ -18,7 +18,8 @@ pytestmark = [
 ]
 
 OPS = ("group_sum", "group_mean", "group_bpr_loss", "group_bpr_loss_backward", "score_candidates",
-       "score_candidates_backward", "topk_scores", "csr_matmul")
+       "score_candidates_backward", "topk_scores", "sampled_topk_group_stats", "dual_projection",
+       "dual_projection_backward", "csr_matmul")
 CHUNK_ROWS = 2048          # kChunkRows in group_segment.cu
 TILE_ELEMS = (256 << 20) // 8  # B * T of one item tile in ranking.cu
 
@@ -261,7 +262,46 @@ def test_topk_scores_infinite_scores_rank_above_exclusions():
         _assert_topk_equal(got, reference.topk_scores(user, item, 4, None, torch.tensor([0, 1]), torch.tensor([0])))
 
 
-# ---- opcheck ----------------------------------------------------------------------------------------
+def _group_table(i, g, width, seed):
+    ids = _ints((i, width), 0, g, seed)
+    weights = _rand((i, width), torch.float32, seed + 1).abs() * (_ints((i, width), 0, 5, seed + 2) > 0)
+    return ids, weights
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, i, q, k", [(0, 10, 5, 3), (7, 1, 1, 1), (7, 40, 25, 25), (300, 40, 25, 10),
+                                        (65, 2000, 700, 10), (9, 5000, 3000, 64)])
+@pytest.mark.parametrize("sigmoid, per_row", [(False, False), (True, True)])
+def test_sampled_topk_group_stats_matches_reference(dtype, b, i, q, k, sigmoid, per_row):
+    # Integer scores: exact in every dtype with many ties (order: score desc, position asc); ids repeat.
+    user, item = _int_embeddings(b, i, 3, dtype, b + i)
+    sampled = _ints((q,), 0, i, q)
+    group_ids, group_weights = _group_table(i, 7, 3, k)
+    got = ops.sampled_topk_group_stats(*_cuda(user, item, sampled), k, *_cuda(group_ids, group_weights), 7,
+                                       "sigmoid" if sigmoid else "exposure", per_row)
+    want = reference.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, 7, sigmoid, per_row)
+    _assert_topk_equal(got[:2], want[:2])
+    for a, w in zip(got[2:], want[2:]):
+        assert a.dtype == torch.float64 and a.shape == w.shape
+        torch.testing.assert_close(a.cpu(), w, rtol=1e-12, atol=1e-12)
+    again = ops.sampled_topk_group_stats(*_cuda(user, item, sampled), k, *_cuda(group_ids, group_weights), 7,
+                                         "sigmoid" if sigmoid else "exposure", per_row)
+    assert all(torch.equal(x, y) for x, y in zip(got, again))        # deterministic: no atomics
+
+
+def test_sampled_topk_group_stats_nan_and_inf_like_reference():
+    for dtype in DTYPES:
+        user = torch.tensor([[1.0]], dtype=dtype)
+        item = torch.tensor([[3.0], [float("nan")], [3.0], [float("inf")], [float("-inf")], [float("nan")]], dtype=dtype)
+        sampled = torch.tensor([5, 0, 1, 2, 3, 4, 1])
+        group_ids, group_weights = _group_table(6, 3, 2, 0)
+        got = ops.sampled_topk_group_stats(*_cuda(user, item, sampled), 7, *_cuda(group_ids, group_weights), 3,
+                                           "sigmoid", True)
+        want = reference.sampled_topk_group_stats(user, item, sampled, 7, group_ids, group_weights, 3, True, True)
+        assert torch.equal(got[1].cpu(), want[1])
+        torch.testing.assert_close(got[0].cpu(), want[0], equal_nan=True)
+        torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-12, atol=1e-12)
+
 
 # ---- sparse ----------------------------------------------------------------------------------------
 
@@ -297,6 +337,8 @@ def test_csr_matmul_is_bitwise_reproducible():
     assert all(torch.equal(first, ops.csr_matmul(indptr, indices, values, x)) for _ in range(3))
 
 
+# ---- opcheck ----------------------------------------------------------------------------------------
+
 def test_opcheck_on_cuda():
     v = _rand((40, 3), torch.float64, 0).cuda().requires_grad_()
     g = _ints((40,), 0, 5, 1).cuda()
@@ -328,6 +370,10 @@ def test_opcheck_on_cuda():
     csr_t = ops.csr_transpose(*csr, 9)
     x = _rand((9, 5), torch.float64, 9).cuda().requires_grad_()
     torch.library.opcheck(torch.ops.fairlit.csr_matmul, (*csr, x, *csr_t))
+    group_ids, group_weights = _cuda(*_group_table(9, 4, 2, 0))
+    for k, sigmoid, per_row in ((1, False, False), (4, True, True)):
+        torch.library.opcheck(torch.ops.fairlit.sampled_topk_group_stats,
+                              (user.detach(), item.detach(), rows[0], k, group_ids, group_weights, 4, sigmoid, per_row))
 
 
 # ---- out-of-range ids with validate=False: skipped, never dereferenced ------------------------------
@@ -389,6 +435,26 @@ def test_out_of_range_item_ids_are_skipped():
             assert not torch.isnan(values.float()).any()
             assert torch.isneginf(values[ids == -1].float()).all()
     torch.cuda.synchronize()
+
+
+def test_out_of_range_sampled_and_group_ids_are_skipped():
+    # Sampled ids outside [0, I) are never picked (missing slots are (-inf, -1)); group ids outside [0, G) add nothing.
+    user, item = _rand((4, 8), torch.float32, 0), _rand((30, 8), torch.float32, 1)
+    sampled = torch.tensor([3, -1, 30, 2**40, 7, 5])
+    group_ids, group_weights = _group_table(30, 4, 2, 0)
+    group_ids[7, 0], group_ids[5, 1] = 4, -3
+    values, items, consumed, rows = ops.sampled_topk_group_stats(*_cuda(user, item, sampled), 5,
+                                                                 *_cuda(group_ids, group_weights), 4, per_row=True,
+                                                                 validate=False)
+    torch.cuda.synchronize()
+    assert sorted(items[:, :3].flatten().tolist()) == sorted([3, 5, 7] * 4)
+    assert (items[:, 3:] == -1).all() and torch.isneginf(values[:, 3:]).all()
+    valid = torch.tensor([3, 7, 5])
+    keep = (group_ids[valid] >= 0) & (group_ids[valid] < 4)
+    want = torch.zeros(4, dtype=torch.float64).index_add_(0, group_ids[valid][keep],
+                                                          group_weights[valid][keep].double()) * 4
+    torch.testing.assert_close(consumed.cpu(), want)
+    torch.testing.assert_close(rows.sum(0).cpu(), want)
 
 
 def test_out_of_range_csr_entries_are_skipped():

@@ -1,4 +1,4 @@
-"""score_candidates / topk_scores vs fairlit.ops.reference."""
+"""score_candidates / topk_scores / sampled_topk_group_stats vs fairlit.ops.reference."""
 import pytest
 import torch
 from hypothesis import given
@@ -87,6 +87,82 @@ def test_topk_scores_hand_computed_ties_exclusions_and_padding():
     assert ids.tolist() == [[1, 2, 3, -1, -1]] * 2       # tie between candidates 2 and 1 -> id 1 first
 
 
+def _group_table(i, g, width, seed, device="cpu"):
+    # Padded Â rows: `width` slots per item, some with weight 0 (padding), group ids repeat across slots.
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, g, (i, width), generator=gen)
+    weights = torch.rand(i, width, generator=gen) * (torch.rand(i, width, generator=gen) > 0.2)
+    return ids.to(device), weights.to(device)
+
+
+@pytest.mark.parametrize("device", devices())
+@given(b=st.integers(0, 150), i=st.integers(1, 40), q=st.integers(1, 30), d=st.integers(1, 5), k=st.integers(1, 30),
+       g=st.integers(1, 7), width=st.integers(1, 3), sigmoid=st.booleans(), per_row=st.booleans(), dtype=dtypes,
+       seed=st.integers(0, 2**16))
+def test_sampled_topk_group_stats_matches_reference(device, b, i, q, d, k, g, width, sigmoid, per_row, dtype, seed):
+    # Integer embeddings: exact scores with many ties; sampled ids repeat; b > 64 spans several row blocks.
+    k = min(k, q)
+    user, item = _int_embeddings(b, i, d, dtype, seed, device)
+    sampled = torch.randint(0, i, (q,), generator=torch.Generator().manual_seed(seed + 7)).to(device)
+    group_ids, group_weights = _group_table(i, g, width, seed, device)
+    got = ops.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, g,
+                                       "sigmoid" if sigmoid else "exposure", per_row)
+    want = reference.sampled_topk_group_stats(user.cpu(), item.cpu(), sampled.cpu(), k, group_ids.cpu(),
+                                              group_weights.cpu(), g, sigmoid, per_row)
+    assert got[0].dtype == dtype and got[2].dtype == got[3].dtype == torch.float64
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+    torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-12, atol=1e-12)
+    assert got[3].shape == ((b if per_row else 0), g)
+    torch.testing.assert_close(got[3].cpu(), want[3], rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_topk_group_stats_hand_computed_nan_inf_and_ties():
+    # Scores by position: 3, NaN, 3, +inf, -inf, 1. Order: NaN, +inf, 3 (pos 0), 3 (pos 2), 1, -inf.
+    user = torch.tensor([[1.0]])
+    item = torch.tensor([[3.0], [float("nan")], [3.0], [float("inf")], [float("-inf")], [1.0]])
+    sampled = torch.tensor([0, 1, 2, 3, 4, 5])
+    group_ids = torch.tensor([[0, 1], [1, 0], [1, 0], [0, 0], [1, 0], [0, 1]])
+    group_weights = torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.25, 0.75]])
+    values, items, consumed, rows = ops.sampled_topk_group_stats(user, item, sampled, 5, group_ids, group_weights, 2,
+                                                                 per_row=True)
+    assert items.tolist() == [[1, 3, 0, 2, 5]]
+    assert values[0, 2:].tolist() == [3.0, 3.0, 1.0] and values[0, 1] == float("inf") and values[0, 0].isnan()
+    # NaN and inf slots add nothing; item 0 -> 0.5/0.5, item 2 -> group 1, item 5 -> 0.25/0.75.
+    assert consumed.tolist() == [0.75, 2.25] and rows.tolist() == [[0.75, 2.25]]
+    _, _, consumed, _ = ops.sampled_topk_group_stats(user, item, sampled, 3, group_ids, group_weights, 2, "sigmoid")
+    torch.testing.assert_close(consumed, torch.tensor([0.5, 0.5], dtype=torch.float64) * torch.sigmoid(
+        torch.tensor(3.0, dtype=torch.float64)))
+
+
+def test_sampled_topk_group_stats_invariants_on_random_floats():
+    # Exposure with row-normalised Â: Σ_g D_g = B·k. Relabelling groups permutes D; permuting the sample
+    # (no ties among random floats) keeps the slots. Thread count does not change D bitwise.
+    gen = torch.Generator().manual_seed(3)
+    b, i, q, k, g = 300, 500, 200, 10, 6
+    user, item = torch.randn(b, 16, generator=gen), torch.randn(i, 16, generator=gen)
+    sampled = torch.randperm(i, generator=gen)[:q]
+    group_ids = torch.randint(0, g, (i, 2), generator=gen)
+    raw = torch.rand(i, 2, generator=gen, dtype=torch.float64)
+    group_weights = raw / raw.sum(1, keepdim=True)
+    _, items, consumed, rows = ops.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, g,
+                                                            per_row=True)
+    torch.testing.assert_close(consumed.sum(), torch.tensor(float(b * k), dtype=torch.float64))
+    torch.testing.assert_close(rows.sum(0), consumed)
+    perm = torch.randperm(g, generator=gen)
+    relabelled = ops.sampled_topk_group_stats(user, item, sampled, k, perm[group_ids], group_weights, g)[2]
+    torch.testing.assert_close(relabelled[perm], consumed)
+    shuffled = ops.sampled_topk_group_stats(user, item, sampled[torch.randperm(q, generator=gen)], k, group_ids,
+                                            group_weights, g)
+    assert torch.equal(shuffled[1], items)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ops.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, g)[2]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, consumed)
+
+
 def test_gradcheck_float64():
     user = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     item = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
@@ -109,6 +185,10 @@ def test_opcheck():
                  (user.detach(), item.detach(), 3, rows, indptr, indices),
                  (user.detach(), item.detach(), 12, None, indptr, indices)):
         torch.library.opcheck(torch.ops.fairlit.topk_scores, args)
+    group_ids, group_weights = _group_table(9, 4, 2, 0)
+    for k, sigmoid, per_row in ((1, False, False), (4, True, True), (6, False, True)):
+        torch.library.opcheck(torch.ops.fairlit.sampled_topk_group_stats,
+                              (user.detach(), item.detach(), rows[0], k, group_ids, group_weights, 4, sigmoid, per_row))
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -124,11 +204,22 @@ def test_torch_compile_fullgraph_matches_eager():
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     out = compiled(user, item)
     torch.testing.assert_close(out, fn(user, item))
+
+    group_ids, group_weights = _group_table(30, 3, 2, 1)
+
+    def signal(user, item):
+        values, items, consumed, rows = ops.sampled_topk_group_stats(user, item, cand[0], 3, group_ids, group_weights,
+                                                                     3, "sigmoid", per_row=True)
+        return values.sum() + items.sum() + consumed.sum() + rows.sum()
+
+    torch.testing.assert_close(torch.compile(signal, fullgraph=True, backend="aot_eager")(user, item),
+                               signal(user, item))
     for a, b in zip(torch.autograd.grad(out, (user, item)), torch.autograd.grad(fn(user, item), (user, item))):
         torch.testing.assert_close(a, b)
 
 
 U, I = torch.randn(2, 3), torch.randn(5, 3)
+GID, GW = torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0], [0, 1]]), torch.full((5, 2), 0.5)
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -146,6 +237,24 @@ U, I = torch.randn(2, 3), torch.randn(5, 3)
     (lambda: ops.topk_scores(U, I, 2, exclude_indptr=torch.tensor([0, 1, 1]), exclude_indices=torch.tensor([9])),
      ValueError, "`exclude_indices` contains item id 9"),
     (lambda: ops.topk_scores(torch.full((2, 3), float("nan")), I, 2), ValueError, "`user_emb` contains NaN"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0, 5]), 1, GID, GW, 2), ValueError,
+     "`sampled` contains item id 5"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0, 1]), 3, GID, GW, 2), ValueError,
+     "`k` \\(3\\) must be <= the number of sampled items Q = 2"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([[0, 1]]), 1, GID, GW, 2), ValueError,
+     "`sampled` must be \\[Q\\]"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID[:4], GW, 2), ValueError,
+     "`group_ids` must be \\[I, P\\] with I = 5"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID, GW[:, :1], 2), ValueError,
+     "`group_weights` must have the shape"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID, GW, 1), ValueError,
+     "`group_ids` contains group id 1"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID, GW.clone().fill_diagonal_(float("nan")), 2),
+     ValueError, "`group_weights` contains a non-finite value"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID, GW, 2, "rank"), ValueError,
+     "`utility` must be one of"),
+    (lambda: ops.sampled_topk_group_stats(U, I, torch.tensor([0]), 1, GID.int(), GW, 2), TypeError,
+     "`group_ids` must be an int64 tensor"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
@@ -156,3 +265,7 @@ def test_bad_input_names_the_argument(call, error, message):
 def test_kernel_checks_ids_even_without_validation():
     with pytest.raises(RuntimeError, match="`candidates` contains item id 7"):
         ops.score_candidates(U, I, torch.tensor([0, 7]), validate=False)
+    with pytest.raises(RuntimeError, match="`sampled` contains item id 7"):
+        ops.sampled_topk_group_stats(U, I, torch.tensor([0, 7]), 1, GID, GW, 2, validate=False)
+    with pytest.raises(RuntimeError, match="`group_ids` of item 0 contains group id 1"):
+        ops.sampled_topk_group_stats(torch.ones(2, 3), I.abs() + 1, torch.tensor([0]), 1, GID, GW, 1, validate=False)

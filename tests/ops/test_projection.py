@@ -1,0 +1,206 @@
+"""dual_projection vs fairlit.ops.reference (values and gradients), opcheck, torch.compile, bad inputs.
+
+The properties of the projection itself (feasibility, idempotence, the QP oracle) are tested through
+`project_dual` in tests/methods/test_fairdual_projection.py.
+"""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fairlit import ops
+from fairlit.ops import reference
+from tests.conftest import devices
+from tests.ops.helpers import HAS_OP, dtypes, tol
+
+METRICS = ("weighted", "euclid")
+LAMS = ("zero", "tiny", "huge", "random", "per_row")
+SHAPES = ("random", "positive", "negative", "ties")
+
+
+@st.composite
+def cases(draw):
+    """(rows, groups, λ kind, μ kind, seed); G = 1000 and 1500 cover the CUDA kernel's sorted-rows path (> 1024)."""
+    rows = draw(st.integers(1, 6))
+    groups = draw(st.one_of(st.integers(1, 40), st.sampled_from([1000, 1500])))
+    return rows, groups, draw(st.sampled_from(LAMS)), draw(st.sampled_from(SHAPES)), draw(st.integers(0, 2**16))
+
+
+def make_inputs(rows, groups, lam_kind, shape, seed, dtype=torch.float64, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(rows, groups, generator=gen, dtype=torch.float64) * 2
+    if shape == "positive":
+        mu = mu.abs()
+    elif shape == "negative":
+        mu = -mu.abs() - 0.01
+    elif shape == "ties":  # repeated keys in both metrics: equal μ and equal m̂ on a block of entries
+        mu[:, : (groups + 1) // 2] = -1.25
+    mhat = torch.rand(groups, generator=gen, dtype=torch.float64) * 2 + 0.25
+    if shape == "ties":
+        mhat[: (groups + 1) // 2] = 0.5
+    mass = (mhat * mu.clamp(max=0)).sum(-1).neg()  # λ above this leaves the row unchanged
+    lam = {"zero": torch.zeros(rows, dtype=torch.float64), "tiny": torch.full((rows,), 1e-30, dtype=torch.float64),
+           "huge": torch.full((rows,), 1e30, dtype=torch.float64),
+           "random": torch.full((rows,), float(torch.rand((), generator=gen, dtype=torch.float64)) * 3),
+           "per_row": mass * torch.rand(rows, generator=gen, dtype=torch.float64) * 1.5}[lam_kind]
+    return tuple(t.to(dtype).to(device) for t in (mu, mhat, lam))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", METRICS)
+@given(case=cases(), dtype=dtypes)
+def test_matches_reference(device, metric, case, dtype):
+    mu, mhat, lam = make_inputs(*case, dtype=dtype, device=device)
+    out = ops.dual_projection(mu, mhat, lam, metric)
+    want = reference.dual_projection(mu.cpu(), mhat.cpu(), lam.cpu(), metric == "weighted")
+    assert out.dtype == dtype and out.shape == mu.shape
+    torch.testing.assert_close(out.cpu(), want, **tol(dtype, 8))
+    assert torch.equal(out[mu >= 0], mu[mu >= 0])  # entries >= 0 are never touched
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", METRICS)
+@given(case=cases())
+def test_gradients_match_reference(device, metric, case):
+    rows, groups, lam_kind, shape, seed = case
+    if shape == "ties":  # ties sit on the kinks, where the reference's autograd picks an arbitrary side
+        shape = "random"
+    mu, mhat, lam = make_inputs(rows, groups, lam_kind, shape, seed, device=device)
+    mu.requires_grad_()
+    lam.requires_grad_()
+    upstream = torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed), dtype=mu.dtype).to(device)
+    grads = torch.autograd.grad(ops.dual_projection(mu, mhat, lam, metric), (mu, lam), upstream)
+    ref = torch.autograd.grad(reference.dual_projection(mu, mhat, lam, metric == "weighted"), (mu, lam), upstream)
+    for got, want in zip(grads, ref):
+        torch.testing.assert_close(got, want, **tol(torch.float64, 100))
+
+
+def test_lam_forms_and_batch_shapes():
+    gen = torch.Generator().manual_seed(3)
+    mu = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64) * 2
+    mhat = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    lam = torch.rand(2, 3, generator=gen, dtype=torch.float64)
+    rows = mu.reshape(6, 5)
+    for metric in METRICS:
+        weighted = metric == "weighted"
+        torch.testing.assert_close(ops.dual_projection(mu, mhat, lam, metric),
+                                   reference.dual_projection(rows, mhat, lam.reshape(6), weighted).reshape(mu.shape))
+        torch.testing.assert_close(ops.dual_projection(mu, mhat, 0.7, metric),
+                                   ops.dual_projection(mu, mhat, torch.tensor(0.7, dtype=torch.float64), metric))
+        per_slice = ops.dual_projection(mu, mhat, lam[:, :1], metric)  # broadcast along the second batch dim
+        torch.testing.assert_close(per_slice[:, 2], ops.dual_projection(mu[:, 2], mhat, lam[:, 0], metric))
+        single = ops.dual_projection(mu[1, 2], mhat, float(lam[1, 2]), metric)  # [G] input
+        torch.testing.assert_close(single, ops.dual_projection(mu, mhat, lam, metric)[1, 2])
+    assert ops.dual_projection(torch.zeros(0, 4), torch.ones(4), 1.0).shape == (0, 4)
+    wide = torch.randn(5, 6, generator=gen, dtype=torch.float64)  # non-contiguous [R, G] rows
+    torch.testing.assert_close(ops.dual_projection(wide.t(), mhat, 0.3, "euclid"),
+                               ops.dual_projection(wide.t().contiguous(), mhat, 0.3, "euclid"))
+
+
+def test_hand_computed():
+    # weighted, m̂ = 1: b = (3, 1), λ = 2 -> θ = (4 - 2) / 2 = 1 -> (-2, 0); the positive entry stays.
+    mu, ones = torch.tensor([[-3.0, -1.0, 2.0]]), torch.ones(3)
+    torch.testing.assert_close(ops.dual_projection(mu, ones, 2.0), torch.tensor([[-2.0, 0.0, 2.0]]))
+    # euclid, m̂ = (2, 1): Σ m̂ relu(b - θ m̂) = 2 (3 - 2θ) = 2 -> θ = 1 (entry 2 clipped) -> (-1, 0).
+    out = ops.dual_projection(torch.tensor([-3.0, -0.5]), torch.tensor([2.0, 1.0]), 2.0, "euclid")
+    torch.testing.assert_close(out, torch.tensor([-1.0, 0.0]))
+    # the output never aliases the input, even when the input is feasible
+    feasible = torch.tensor([-0.1, 1.0])
+    assert ops.dual_projection(feasible, torch.ones(2), 5.0).data_ptr() != feasible.data_ptr()
+
+
+def test_rows_are_independent_of_thread_count():
+    mu, mhat, lam = make_inputs(64, 300, "per_row", "random", 11, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.dual_projection(mu, mhat, lam, "euclid")
+        torch.set_num_threads(max(2, threads))
+        many = ops.dual_projection(mu, mhat, lam, "euclid")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    torch.testing.assert_close(one[5], ops.dual_projection(mu[5], mhat, lam[5], "euclid"))
+
+
+def _samples(metric):
+    """float64 inputs away from the kinks: distinct keys, λ strictly inside (0, negative mass)."""
+    mu, mhat, lam = make_inputs(4, 7, "per_row", "random", 5)
+    lam = lam.clamp(min=0.05)
+    return mu.requires_grad_(), mhat, lam.requires_grad_(), metric == "weighted"
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradcheck_float64(metric):
+    mu, mhat, lam, _ = _samples(metric)
+    assert torch.autograd.gradcheck(lambda m, l: ops.dual_projection(m, mhat, l, metric), (mu, lam))
+
+
+@pytest.mark.skipif(not HAS_OP, reason="opcheck needs the compiled library")
+@pytest.mark.parametrize("metric", METRICS)
+def test_opcheck(metric):
+    mu, mhat, lam, weighted = _samples(metric)
+    torch.library.opcheck(torch.ops.fairlit.dual_projection, (mu, mhat, lam, weighted))
+    torch.library.opcheck(torch.ops.fairlit.dual_projection, (mu.detach().float(), mhat.float(),
+                                                              lam.detach().float(), weighted))
+    torch.library.opcheck(torch.ops.fairlit.dual_projection_backward,
+                          (torch.randn_like(mu), mu.detach(), mhat, lam.detach(), weighted))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    mu, mhat, lam, _ = _samples("weighted")
+
+    def fn(mu, lam):
+        return (ops.dual_projection(mu, mhat, lam, "weighted") ** 2).sum() + ops.dual_projection(
+            mu, mhat, 0.5, "euclid").sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(mu, lam)
+    torch.testing.assert_close(out, fn(mu, lam))
+    for got, want in zip(torch.autograd.grad(out, (mu, lam)), torch.autograd.grad(fn(mu, lam), (mu, lam))):
+        torch.testing.assert_close(got, want)
+
+
+def _mu():
+    return torch.tensor([[-1.0, 2.0, -0.5]])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), 1.0, "l1"), ValueError, "`metric` must be one of"),
+    (lambda: ops.dual_projection(_mu().long(), torch.ones(3), 1.0), TypeError, "`mu` must be a floating tensor"),
+    (lambda: ops.dual_projection(torch.tensor(1.0), torch.ones(1), 1.0), ValueError, "`mu` must be \\[..., G\\]"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(4), 1.0), ValueError, "`mhat` must be \\[G\\] with G = 3"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3, dtype=torch.float64), 1.0), TypeError, "`mhat` has dtype"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3, device="meta"), 1.0), ValueError, "`mhat` is on meta"),
+    (lambda: ops.dual_projection(_mu(), torch.tensor([1.0, 0.0, 1.0]), 1.0), ValueError, "`mhat` must be > 0"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3, requires_grad=True), 1.0), ValueError, "`mhat`"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), -1.0), ValueError, "`lam` must be >= 0"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), float("nan")), ValueError, "`lam` must be >= 0 and not NaN"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), torch.tensor([-0.5])), ValueError, "`lam` must be >= 0"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), torch.tensor([float("nan")])), ValueError, "got NaN"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), torch.ones(2)), ValueError, "`lam` must be .* broadcastable"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), torch.ones(1, dtype=torch.float64)), TypeError,
+     "`lam` has dtype"),
+    (lambda: ops.dual_projection(_mu(), torch.ones(3), "1"), TypeError, "`lam` must be a float or a tensor"),
+    (lambda: ops.dual_projection(torch.tensor([float("nan"), 1.0]), torch.ones(2), 1.0), ValueError,
+     "`mu` contains NaN"),
+])
+def test_bad_input_names_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_validate_false_skips_value_checks():
+    out = ops.dual_projection(torch.tensor([float("nan"), -2.0]), torch.ones(2), 1.0, validate=False)
+    assert torch.isnan(out[0]) and out.shape == (2,)
+
+
+@pytest.mark.skipif(not HAS_OP, reason="kernel checks need the compiled library")
+def test_kernel_checks_shapes_and_mhat():
+    mu, lam = _mu(), torch.ones(1)
+    with pytest.raises(RuntimeError, match="`mhat` must be > 0"):
+        torch.ops.fairlit.dual_projection(mu, torch.tensor([1.0, -1.0, 1.0]), lam, True)
+    with pytest.raises(RuntimeError, match="`lam` must be \\[R\\]"):
+        torch.ops.fairlit.dual_projection(mu, torch.ones(3), torch.ones(2), True)
+    with pytest.raises(RuntimeError, match="`grad` must have the shape"):
+        torch.ops.fairlit.dual_projection_backward(torch.ones(2), mu, torch.ones(3), lam, False)
