@@ -3,8 +3,9 @@
     python benchmarks/bench_ops.py [--quick] [--out docs/benchmarks.md]
 
 One run times, per case: fairlit's op, `fairlit.ops.reference`, and native PyTorch alternatives
-(`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk; torch's
-sparse COO `torch.sparse.mm`, which RecBole's LightGCN uses, and sparse CSR matmul).
+(`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk; matmul + topk +
+`index_add_` for FairDual's dual signal; torch's sparse COO `torch.sparse.mm`, which RecBole's LightGCN uses, and
+sparse CSR matmul).
 Ratios are "time of X / time of fairlit" (> 1: fairlit is faster). Implementations are checked to agree
 before they are timed. CUDA rows are added when a GPU is visible.
 """
@@ -99,6 +100,21 @@ def topk_impls(user, item, k, cand, indptr, indices, with_reference):
     if with_reference:
         impls["reference"] = lambda: reference.topk_scores(user, item, k, cand, indptr, indices)
     return impls
+
+
+def dual_signal_impls(user, item, sampled, k, group_ids, group_weights, g):
+    def composition():  # what FairDual ran before the fused op: GEMM + topk + gather + index_add_
+        values, pos = (user @ item[sampled].T).topk(k, dim=1)
+        top = sampled[pos]
+        contrib = group_weights[top].double() * torch.isfinite(values).double().unsqueeze(-1)
+        return values, torch.zeros(g, dtype=torch.float64, device=user.device).index_add_(
+            0, group_ids[top].flatten(), contrib.flatten())
+
+    return {"fairlit": lambda: ops.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, g,
+                                                            validate=False),
+            "reference": lambda: reference.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights,
+                                                                    g),
+            "matmul+topk+index_add": composition}
 
 
 def symmetric_graph(users, items, edges, device):
@@ -222,6 +238,22 @@ def run(device: str, quick: bool) -> str:
     header_tk = ["B", "I", "C"] + header[3:6] + ["matmul only / fairlit"] + header[7:]
     sections.append("#### `topk_scores` (k = 20, d = 64; full ranking masks ~100 items per row, candidate lists none)\n\n"
                     + markdown_table(header_tk, rows))
+
+    rows = []
+    for b, q, g in ([(64, 700, 16), (1024, 200, 18), (1024, 700, 18), (8192, 200, 1000)] if not quick
+                    else [(64, 700, 16)]):
+        user, item = torch.randn(b, 32, device=device), torch.randn(3706, 32, device=device)
+        sampled = torch.randperm(3706, device=device)[:q]
+        group_ids = torch.randint(0, g, (3706, 1), device=device)
+        impls = dual_signal_impls(user, item, sampled, 10, group_ids, torch.ones(3706, 1, device=device), g)
+        got, want = impls["fairlit"](), impls["matmul+topk+index_add"]()
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[2], want[1])
+        print(f"[{device}] sampled_topk_group_stats B={b} Q={q} G={g}")
+        rows.append(row((b, q, g), measure(impls, device, t)))
+    header_ds = ["B", "Q", "G"] + header[3:6] + header[7:]
+    sections.append("#### `sampled_topk_group_stats` (FairDual's dual signal: k = 10, d = 32, I = 3706, one group "
+                    "per item)\n\n" + markdown_table(header_ds, [r[:6] + r[7:] for r in rows]))
 
     rows = []
     graphs = [(6_033, 3_123, 700_000), (100_000, 50_000, 5_000_000)] if not quick else [(6_033, 3_123, 700_000)]

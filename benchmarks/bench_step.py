@@ -19,10 +19,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import machine, markdown_table, time_ms, write_section  # noqa: E402
 
+from fairlit import ops  # noqa: E402
 from fairlit.methods import BPR  # noqa: E402
 from fairlit.models import MF  # noqa: E402
 
-USERS, ITEMS, DIM, BATCH, Q, K = 943, 1682, 32, 64, 700, 10
+USERS, ITEMS, DIM, BATCH, Q, K, GROUPS = 943, 1682, 32, 64, 700, 10, 16
 
 
 def run() -> str:
@@ -48,6 +49,14 @@ def run() -> str:
     sampled = torch.randperm(ITEMS, generator=gen)[:Q]
     user = torch.randn(BATCH, DIM, generator=gen)
     scores = user @ item_table.detach()[sampled].T
+    group_ids, group_weights = torch.randint(GROUPS, (ITEMS, 1), generator=gen), torch.ones(ITEMS, 1)
+
+    def plain_signal():  # FairDual's dual signal before the fused op
+        values, pos = (user @ item_table.detach()[sampled].T).topk(K, dim=1)
+        top = sampled[pos]
+        contrib = group_weights[top].double() * torch.isfinite(values).double().unsqueeze(-1)
+        return torch.zeros(GROUPS, dtype=torch.float64).index_add_(0, group_ids[top].flatten(), contrib.flatten())
+
     rows = [
         ["BPR-MF forward + backward", time_ms(lambda: fairlit_loss().backward()),
          time_ms(lambda: plain_loss().backward())],
@@ -57,6 +66,10 @@ def run() -> str:
         [f"FairDual: score Q = {Q} sampled items ([{BATCH}, {DIM}] x [{DIM}, {Q}])",
          time_ms(lambda: user @ item_table.detach()[sampled].T), ""],
         [f"FairDual: top-{K} of the [{BATCH}, {Q}] scores", time_ms(lambda: scores.topk(K, dim=1)), ""],
+        [f"FairDual: whole dual signal (scores, top-{K}, group shares of {GROUPS} groups; plain = GEMM + topk + "
+         "index_add_)", time_ms(lambda: ops.sampled_topk_group_stats(user, item_table.detach(), sampled, K, group_ids,
+                                                                       group_weights, GROUPS, validate=False)),
+         time_ms(plain_signal)],
     ]
     table = markdown_table(["part", "fairlit ms", "plain PyTorch ms"],
                            [[name, f"{a:.3f}", f"{b:.3f}" if b != "" else ""] for name, a, b in rows])
