@@ -349,13 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_topk_group_st
           const scalar_t* row = ss + b * nsampled;
           scalar_t* val = vs + b * k;
           int64_t filled = 0;
-          // Entries not ahead of the current k-th are skipped by one compare against a register copy of it
-          // (NaN fails `>`, so it takes the insertion path, where `ranks_before` orders it).
-          scalar_t kth = scalar_t(0);
-          for (int64_t q = 0; q < nsampled; ++q) {
-            const scalar_t s = row[q];
-            if (filled == k && !(s > kth) && !std::isnan(s)) continue;
-            if (filled == k && !ranks_before(s, kth)) continue;
+          auto insert = [&](scalar_t s, int64_t q) {
             int64_t at = filled < k ? filled++ : k - 1;
             while (at > 0 && ranks_before(s, val[at - 1])) {
               val[at] = val[at - 1];
@@ -364,7 +358,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_topk_group_st
             }
             val[at] = s;
             pos[at] = q;
-            kth = val[filled - 1];
+          };
+          int64_t q = 0;
+          for (; q < nsampled && filled < k; ++q) insert(row[q], q);
+          // Once k slots are full, one compare against a register copy of the k-th skips almost every entry:
+          // `!(s <= kth)` is true for a larger score and for NaN (or a NaN k-th), which `ranks_before` then orders.
+          scalar_t kth = val[k - 1];
+          for (; q < nsampled; ++q) {
+            const scalar_t s = row[q];
+            if (!(s <= kth) && ranks_before(s, kth)) {
+              insert(s, q);
+              kth = val[k - 1];
+            }
           }
           for (int64_t j = 0; j < k; ++j) {
             const int64_t item = is[pos[j]];
