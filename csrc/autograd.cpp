@@ -1,5 +1,5 @@
-// Autograd kernels registered in C++ for the two ops on every BPR training step: score_candidates and
-// group_bpr_loss. A formula registered from Python (torch.library.register_autograd) runs ~50-70 µs of
+// Autograd kernels registered in C++ for the ops on every training step: score_candidates and group_bpr_loss
+// (every BPR step) and dual_projection (every FairDual step). A formula registered from Python (torch.library.register_autograd) runs ~50-70 µs of
 // interpreter code per op per step (wrapping, argument filling, the backward closure), which is more than
 // the kernels themselves in a small-model CPU step; these are the same formulas in C++. The other ops keep
 // their Python formulas (fairlit/ops/<family>.py). Forward and backward call the ops through the dispatcher,
@@ -81,6 +81,36 @@ class GroupBprLoss : public torch::autograd::Function<GroupBprLoss> {
   }
 };
 
+// FairDual's projection onto its dual set: gradients in mu and lam from dual_projection_backward (the active set
+// held fixed; see fairlit/ops/projection.py). mhat is a constant of the set: no gradient.
+class DualProjection : public torch::autograd::Function<DualProjection> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor& lam,
+                            bool weighted) {
+    static auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+        "fairlit::dual_projection");
+    ctx->saved_data["weighted"] = weighted;
+    ctx->save_for_backward({mu, mhat, lam});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(mu, mhat, lam, weighted);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, const at::Tensor&, bool)>(
+        "fairlit::dual_projection_backward");
+    auto saved = ctx->get_saved_variables();
+    auto [grad_mu, grad_lam] =
+        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], ctx->saved_data["weighted"].toBool());
+    return {grad_mu, at::Tensor(), grad_lam, at::Tensor()};
+  }
+};
+
+at::Tensor dual_projection_autograd(const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor& lam,
+                                    bool weighted) {
+  return DualProjection::apply(mu, mhat, lam, weighted);
+}
+
 at::Tensor score_candidates_autograd(const at::Tensor& user_emb, const at::Tensor& item_emb,
                                      const at::Tensor& candidates) {
   return ScoreCandidates::apply(user_emb, item_emb, candidates);
@@ -98,4 +128,5 @@ std::tuple<at::Tensor, at::Tensor> group_bpr_loss_autograd(const at::Tensor& pos
 TORCH_LIBRARY_IMPL(fairlit, Autograd, m) {
   m.impl("score_candidates", &score_candidates_autograd);
   m.impl("group_bpr_loss", &group_bpr_loss_autograd);
+  m.impl("dual_projection", &dual_projection_autograd);
 }

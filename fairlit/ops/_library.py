@@ -8,7 +8,8 @@ import warnings
 
 import torch
 
-CPP_AUTOGRAD = ("score_candidates", "group_bpr_loss")  # ops whose autograd kernel is C++ (csrc/autograd.cpp)
+# Ops whose autograd kernel is C++ (csrc/autograd.cpp).
+CPP_AUTOGRAD = ("score_candidates", "group_bpr_loss", "dual_projection")
 
 
 def _load() -> tuple[bool, str]:

@@ -107,21 +107,11 @@ def _register() -> None:
     def _(grad, mu, mhat, lam, weighted):
         return mu.new_empty(mu.shape), lam.new_empty(lam.shape)
 
-    def setup(ctx, inputs, output):
-        mu, mhat, lam, weighted = inputs
-        ctx.weighted = weighted
-        ctx.save_for_backward(mu, mhat, lam)
-
-    # The projection is piecewise linear. Holding the active set fixed, kept entries (μ_g ≥ 0 or θ = 0) pass
-    # the gradient through, clipped entries get 0, and active ones x_g = μ_g + θ/m̂_g (weighted) resp.
-    # μ_g + θ m̂_g (euclid) with θ = (Σ_active b − λ) / den; hence dθ/dμ_j = −m̂_j / den, dθ/dλ = −1 / den.
-    def backward(ctx, grad):
-        mu, mhat, lam = ctx.saved_tensors
-        grad_mu, grad_lam = torch.ops.fairlit.dual_projection_backward(grad.contiguous(), mu, mhat, lam,
-                                                                       ctx.weighted)
-        return grad_mu, None, grad_lam, None
-
-    torch.library.register_autograd("fairlit::dual_projection", backward, setup_context=setup)
+    # The autograd formula is registered in C++ (csrc/autograd.cpp: FairDual projects every step, and a Python
+    # formula costs more than the kernel). The projection is piecewise linear. Holding the active set fixed,
+    # kept entries (μ_g ≥ 0 or θ = 0) pass the gradient through, clipped entries get 0, and active ones
+    # x_g = μ_g + θ/m̂_g (weighted) resp. μ_g + θ m̂_g (euclid) with θ = (Σ_active b − λ) / den; hence
+    # dθ/dμ_j = −m̂_j / den, dθ/dλ = −1 / den (dual_projection_backward).
 
 
 if has_op("dual_projection"):
