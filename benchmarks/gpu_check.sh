@@ -31,7 +31,8 @@ build() {
 
 test() {
     timeout 120 $PYTEST -rs tests/ops/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -30
-    timeout 150 $PYTEST -n 8 tests/ops tests/models 2>&1 | tee "$OUT/test_ops.log" | tail -20
+    local workers; workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
+    timeout 150 $PYTEST $workers tests/ops tests/models 2>&1 | tee "$OUT/test_ops.log" | tail -20
 }
 
 fit() {
