@@ -587,6 +587,9 @@ __global__ void __launch_bounds__(kThreads) sampled_topk_group_kernel(
       break;
     }
   }
+  // Every thread leaves the loop in the same round (prev_pos is block-uniform); the barrier makes the empty
+  // slots written by other threads visible to thread 0 before it reads them back.
+  __syncthreads();
   if (tid != 0) return;
   double* out = rows + b * num_groups;
   for (int64_t j = 0; j < k; ++j) {
