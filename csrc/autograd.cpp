@@ -1,9 +1,10 @@
 // Autograd kernels registered in C++ for the ops on every training step: score_candidates and group_bpr_loss
-// (every BPR step) and dual_projection (every FairDual step). A formula registered from Python (torch.library.register_autograd) runs ~50-70 µs of
-// interpreter code per op per step (wrapping, argument filling, the backward closure), which is more than
-// the kernels themselves in a small-model CPU step; these are the same formulas in C++. The other ops keep
-// their Python formulas (fairlit/ops/<family>.py). Forward and backward call the ops through the dispatcher,
-// so the CPU, CUDA and fake kernels all serve (torch.compile traces through these functions).
+// (every BPR step) and dual_projection (every FairDual step). A formula registered from Python
+// (torch.library.register_autograd) runs ~50-70 µs of interpreter code per op per step (wrapping, argument
+// filling, the backward closure), which is more than the kernels themselves in a small-model CPU step; these
+// are the same formulas in C++. The other ops keep their Python formulas (fairlit/ops/<family>.py). Forward
+// and backward call the ops through the dispatcher, so the CPU, CUDA and fake kernels all serve
+// (torch.compile traces through these functions).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

@@ -170,6 +170,7 @@ def _register() -> None:
     def _(user_emb, item_emb, k, candidates, exclude_indptr, exclude_indices):
         batch = user_emb.shape[0]
         return user_emb.new_empty((batch, k)), user_emb.new_empty((batch, k), dtype=torch.int64)
+
     @torch.library.register_fake("fairlit::sampled_topk_group_stats")
     def _(user_emb, item_emb, sampled, k, group_ids, group_weights, num_groups, sigmoid_utility, per_row):
         batch = user_emb.shape[0]
