@@ -76,7 +76,12 @@ class GroupBprLoss : public torch::autograd::Function<GroupBprLoss> {
       const auto acc = grad_loss.scalar_type();
       const at::Tensor neg2 = (neg.dim() == 1 ? neg.unsqueeze(1) : neg).to(acc);
       const at::Tensor unweighted = at::softplus(neg2 - pos.to(acc).unsqueeze(1)).mean(1);
-      grad_weight = (unweighted * grad_loss.index_select(0, groups)).to(weight.scalar_type());
+      // Rows with a group id outside [0, G) (skipped by the CUDA kernels under validate=False) get 0, and their
+      // id is never used as an index.
+      const int64_t num_groups = grad_loss.size(0);
+      const at::Tensor valid = groups.ge(0).logical_and(groups.lt(num_groups));
+      const at::Tensor grad_rows = grad_loss.index_select(0, groups.clamp(0, num_groups - 1)) * valid.to(acc);
+      grad_weight = (unweighted * grad_rows).to(weight.scalar_type());
     }
     return {grad_pos, grad_neg, at::Tensor(), at::Tensor(), grad_weight};
   }

@@ -429,7 +429,6 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cuda(const at::Tensor& user_emb, 
                                                     const c10::optional<at::Tensor>& exclude_indices) {
   check_embedding_inputs(user_emb, item_emb);
   TORCH_CHECK(k >= 1, "fairlit: `k` must be >= 1, got ", k);
-  c10::cuda::CUDAGuard guard(user_emb.device());
   const int64_t batch = user_emb.size(0), items = item_emb.size(0);
   TORCH_CHECK(items < (int64_t(1) << 32), "fairlit: topk_scores on CUDA supports fewer than 2^32 items, got ", items);
   const Exclusions ex = exclusions_of(exclude_indptr, exclude_indices, user_emb);
@@ -439,6 +438,8 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cuda(const at::Tensor& user_emb, 
     check_same_device(user_emb, *candidates, "user_emb", "candidates");
     cand = candidates->contiguous();
   }
+  // After the device checks: a CPU user_emb with CUDA exclusions gets their message, not CUDAGuard's.
+  c10::cuda::CUDAGuard guard(user_emb.device());
   const bool is_double = user_emb.scalar_type() == at::kDouble;
   at::Tensor values = at::empty({batch, k}, user_emb.options());
   at::Tensor indices = at::empty({batch, k}, user_emb.options().dtype(at::kLong));

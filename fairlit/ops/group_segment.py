@@ -103,6 +103,17 @@ def group_bpr_loss(pos: torch.Tensor, neg: torch.Tensor, groups: torch.Tensor, n
     return reference.group_bpr_loss(pos, neg, groups, num_groups, weight)
 
 
+def _rows_of_groups(grad: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``grad[groups]`` [N, ...] from a per-group gradient [G, ...], 0 for rows whose id is outside [0, G).
+
+    Those rows are the ones the CUDA kernels skip under ``validate=False`` (the CPU ones reject them), so
+    they get no gradient, and an out-of-range id is never used as an index (a device-side assert on CUDA).
+    """
+    valid = (groups >= 0) & (groups < grad.shape[0])
+    rows = grad.index_select(0, groups.clamp(0, grad.shape[0] - 1))
+    return rows * valid.reshape(-1, *([1] * (grad.dim() - 1))).to(rows.dtype)
+
+
 def _register() -> None:
     # Fake (meta) kernels let torch.compile trace the ops without running them.
     @torch.library.register_fake("fairlit::group_sum")
@@ -127,7 +138,7 @@ def _register() -> None:
 
     def sum_backward(ctx, grad):
         (groups,) = ctx.saved_tensors
-        return grad.index_select(0, groups), None, None
+        return _rows_of_groups(grad, groups), None, None
 
     torch.library.register_autograd("fairlit::group_sum", sum_backward, setup_context=sum_setup)
 
@@ -138,7 +149,7 @@ def _register() -> None:
     def mean_backward(ctx, grad_mean, grad_count):
         groups, count = ctx.saved_tensors
         scale = count.clamp(min=1).to(grad_mean.dtype).reciprocal().reshape(-1, *([1] * (grad_mean.dim() - 1)))
-        return (grad_mean * scale).index_select(0, groups), None, None
+        return _rows_of_groups(grad_mean * scale, groups), None, None
 
     torch.library.register_autograd("fairlit::group_mean", mean_backward, setup_context=mean_setup)
 

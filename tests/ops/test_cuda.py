@@ -6,6 +6,7 @@ out-of-range ids with validate=False, which the kernels must skip without faulti
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fairlit import ops
 from fairlit.ops import reference
@@ -388,13 +389,27 @@ def test_out_of_range_group_ids_are_skipped():
     groups[::7] = torch.tensor(BAD_GROUP_IDS).repeat(n // 7 // len(BAD_GROUP_IDS) + 1)[: len(groups[::7])]
     ok = (groups >= 0) & (groups < g)
     values = _rand((n, 3), torch.float32, 1)
-    out = ops.group_sum(values.cuda(), groups.cuda(), g, validate=False)
-    mean, count = ops.group_mean(values.cuda(), groups.cuda(), g, validate=False)
+    values_cuda = values.cuda().requires_grad_()
+    out = ops.group_sum(values_cuda, groups.cuda(), g, validate=False)
+    mean, count = ops.group_mean(values_cuda, groups.cuda(), g, validate=False)
     pos, neg = _rand((n,), torch.float32, 2).cuda().requires_grad_(), _rand((n, 4), torch.float32, 3).cuda()
     neg.requires_grad_()
+    weight = _rand((n,), torch.float32, 4).cuda().requires_grad_()
     loss, bpr_count = ops.group_bpr_loss(pos, neg, groups.cuda(), g, validate=False)
     grad_pos, grad_neg = torch.autograd.grad(loss.sum(), (pos, neg))
+    # The backward formulas index per-group gradients by the rows' ids: bad rows get 0 and are never indexed.
+    per_group = torch.arange(1.0, g + 1, device="cuda")
+    (grad_values,) = torch.autograd.grad((out.sum(1) * per_group).sum() + (mean.sum(1) * per_group).sum(),
+                                         values_cuda)
+    weighted, _ = ops.group_bpr_loss(pos, neg, groups.cuda(), g, weight, validate=False)
+    (grad_weight,) = torch.autograd.grad((weighted * per_group).sum(), weight)
     torch.cuda.synchronize()
+    good_ids = groups[ok]
+    scale = per_group.cpu() * (1 + 1 / torch.bincount(good_ids, minlength=g).clamp(min=1))
+    torch.testing.assert_close(grad_values.cpu()[ok], scale[good_ids].unsqueeze(1).expand(-1, 3))
+    unweighted = F.softplus(neg.detach() - pos.detach().unsqueeze(1)).mean(1).cpu()
+    torch.testing.assert_close(grad_weight.cpu()[ok], unweighted[ok] * per_group.cpu()[good_ids])
+    assert (grad_values.cpu()[~ok] == 0).all() and (grad_weight.cpu()[~ok] == 0).all()
     torch.testing.assert_close(out.cpu(), reference.group_sum(values[ok], groups[ok], g))
     torch.testing.assert_close(mean.cpu(), reference.group_mean(values[ok], groups[ok], g)[0])
     assert torch.equal(count.cpu(), torch.bincount(groups[ok], minlength=g))

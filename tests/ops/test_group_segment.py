@@ -179,3 +179,15 @@ def test_bad_input_names_the_argument(call, error, message):
 def test_kernel_checks_ids_even_without_validation():
     with pytest.raises(RuntimeError, match="`groups` contains 7"):
         ops.group_sum(torch.ones(3), torch.tensor([0, 7, 1]), 3, validate=False)
+
+
+def test_backward_gather_gives_out_of_range_ids_zero_and_never_indexes_them():
+    # group_sum/group_mean's backward reads the per-group gradient at each row's id. The CUDA kernels skip
+    # out-of-range ids under validate=False (tests/ops/test_cuda.py runs that end to end); here, the gather alone.
+    from fairlit.ops.group_segment import _rows_of_groups
+
+    grad = torch.tensor([[1.0, -1.0], [2.0, -2.0], [3.0, -3.0]])
+    ids = torch.tensor([2, -1, 3, 0, 2**40, -(2**40), 1])
+    expected = torch.tensor([[3.0, -3.0], [0, 0], [0, 0], [1.0, -1.0], [0, 0], [0, 0], [2.0, -2.0]])
+    assert torch.equal(_rows_of_groups(grad, ids), expected)
+    assert torch.equal(_rows_of_groups(grad[:, 0], ids), expected[:, 0])
