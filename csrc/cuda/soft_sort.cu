@@ -403,15 +403,20 @@ Plan make_plan(int64_t rows, int n) {
   Plan plan;
   plan.p2 = next_pow2(n);
   const size_t red = round16(32 * sizeof(acc_t));
+  // One block per row (kWarpRows for small N) and gridDim.x <= 2^31 - 1: e.g. 2^34 rows of N = 1 fit in memory.
+  const int64_t grid = n <= kWarpMaxN ? (rows + kWarpRows - 1) / kWarpRows : rows;
+  TORCH_CHECK(grid <= std::numeric_limits<int>::max(), "fairlit: soft_sort on CUDA supports at most ",
+              int64_t(std::numeric_limits<int>::max()) * (n <= kWarpMaxN ? kWarpRows : 1), " rows for N = ", n,
+              ", got ", rows);
   if (n <= kWarpMaxN) {
     plan.warp = true;
     plan.threads = 32 * kWarpRows;
-    plan.blocks = static_cast<unsigned>((rows + kWarpRows - 1) / kWarpRows);
+    plan.blocks = static_cast<unsigned>(grid);
     plan.smem = red + kWarpRows * slot_bytes<acc_t>(n, plan.p2);
     return plan;
   }
   plan.threads = std::min(kMaxThreads, std::max(64, plan.p2 / 2));
-  plan.blocks = static_cast<unsigned>(rows);
+  plan.blocks = static_cast<unsigned>(grid);
   plan.smem = red + slot_bytes<acc_t>(n, plan.p2);
   int device = 0, limit = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -514,6 +519,9 @@ at::Tensor neuralsort_backward_cuda(const at::Tensor& grad, const at::Tensor& P,
                   grad.scalar_type() == scores.scalar_type(),
               "fairlit: neuralsort_backward expects grad and P of shape [B, k, N] and the dtype of scores");
   check_scores(scores, tau, P.size(1));
+  // Mixed-device calls dispatch here too; a CPU tensor's pointer would fault the kernel.
+  check_same_device(scores, P, "scores", "P");
+  check_same_device(scores, grad, "scores", "grad");
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor s = scores.contiguous(), p = P.contiguous(), g = grad.contiguous();
   const int64_t rows = s.size(0);
@@ -568,6 +576,10 @@ std::tuple<at::Tensor, at::Tensor> soft_rank_gain_backward_cuda(const at::Tensor
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == rows, "fairlit: `grad` must be [B] with B = ", rows);
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == rows && lse.size(1) == k && dots.sizes() == lse.sizes(),
               "fairlit: `lse` and `dots` must be [B, k]");
+  // Mixed-device calls dispatch here too; a CPU tensor's pointer would fault the kernel.
+  check_same_device(scores, grad, "scores", "grad");
+  check_same_device(scores, lse, "scores", "lse");
+  check_same_device(scores, dots, "scores", "dots");
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::ScalarType acc_type = loss_dtype(scores.scalar_type());
   const at::Tensor s = scores.contiguous(), gn = gains.contiguous();
