@@ -76,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor> score_candidates_backward_cpu(const at::Tenso
                                                                  const at::Tensor& candidates) {
   check_embedding_inputs(user_emb, item_emb);
   check_candidates(candidates, user_emb.size(0));
-  const at::Tensor u = user_emb.contiguous(), it = item_emb.contiguous(), g = grad.contiguous();
+  const at::Tensor u = user_emb.contiguous(), it = item_emb.contiguous();
+  const at::Tensor g = grad.contiguous().to(u.scalar_type());  // as the CUDA kernel: any grad dtype
   const at::Tensor cand = expand_candidates(candidates, u.size(0));
   const int64_t batch = u.size(0), ncand = cand.size(1), dim = u.size(1), items = it.size(0);
   TORCH_CHECK(g.dim() == 2 && g.size(0) == batch && g.size(1) == ncand, "fairlit: grad must be [B, C]");

@@ -171,6 +171,19 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda u, i: ops.score_candidates(u, i, rows[0]), (user, item))
 
 
+@pytest.mark.skipif(not HAS_OP, reason="the backward op is in the compiled library")
+@pytest.mark.parametrize("device", devices())
+def test_score_candidates_backward_takes_a_grad_of_another_dtype(device):
+    user, item = _int_embeddings(4, 7, 3, torch.float32, 0, device)
+    rows = torch.tensor([[0, 6, 6], [1, 2, 3], [5, 5, 5], [4, 0, 2]], device=device)
+    grad = torch.linspace(-1, 1, 12, dtype=torch.float64, device=device).reshape(4, 3)
+    got = torch.ops.fairlit.score_candidates_backward(grad, user, item, rows)
+    want = torch.ops.fairlit.score_candidates_backward(grad.float(), user, item, rows)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w)
+
+
 @pytest.mark.skipif(not HAS_OP, reason="opcheck needs the compiled library")
 def test_opcheck():
     user = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
