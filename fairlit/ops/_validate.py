@@ -59,8 +59,9 @@ def id_range(name: str, ids: torch.Tensor, upper: int, what: str) -> None:
 
 
 def finite(name: str, t: torch.Tensor) -> None:
-    if t.numel() and _reads_values() and bool(torch.isnan(t).any()):
-        raise ValueError(f"`{name}` contains NaN")
+    """Reject NaN and ±inf (a diverged model): inf embeddings give NaN scores (inf * 0, inf - inf)."""
+    if t.numel() and _reads_values() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{name}` contains {'NaN' if bool(torch.isnan(t).any()) else 'inf'}")
 
 
 def csr(indptr_name: str, indptr: torch.Tensor, indices_name: str, indices: torch.Tensor, rows: int, rows_doc: str,

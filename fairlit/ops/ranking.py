@@ -65,7 +65,7 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
         candidates: None (rank all I items), [C] shared or [B, C] per-row item ids.
         exclude_indptr: [B + 1] int64 CSR row pointers of items each row must never return.
         exclude_indices: [nnz] int64 item ids (e.g. the user's training items).
-        validate: check ids and NaN (a host sync on CUDA).
+        validate: check ids, and NaN / inf embeddings (a host sync on CUDA).
 
     Returns:
         (values [B, k], indices [B, k] int64 item ids): descending scores, ties to the lower item id;

@@ -184,6 +184,8 @@ def _mu():
     (lambda: ops.dual_projection(_mu(), torch.ones(3), "1"), TypeError, "`lam` must be a float or a tensor"),
     (lambda: ops.dual_projection(torch.tensor([float("nan"), 1.0]), torch.ones(2), 1.0), ValueError,
      "`mu` contains NaN"),
+    (lambda: ops.dual_projection(torch.tensor([float("inf"), 1.0]), torch.ones(2), 1.0), ValueError,
+     "`mu` contains inf"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
