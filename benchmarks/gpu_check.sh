@@ -7,6 +7,10 @@
 #             (needs jsonargparse and recbole importable; skipped otherwise)
 #   bench     bench_ops.py and bench_softsort.py on CUDA, tables into $OUT/benchmarks.md
 #   sanitize  compute-sanitizer memcheck over the out-of-range-id tests (validate=False)
+#   dryrun    on a machine WITHOUT a GPU, before asking for one: tests/ops/test_cuda.py rewritten to CPU
+#             tensors, so the test code itself runs (values vs the references) and its bugs cost no device
+#             time. Expected to fail only: test_every_op_has_a_cuda_kernel and the out_of_range tests (the
+#             CPU kernels reject the ids the CUDA ones skip).
 # Each stage has its own time box, so a slow one cannot swallow the rest. Logs go to $OUT (default gpu_out).
 #
 #     bash benchmarks/gpu_check.sh build test fit && bash benchmarks/gpu_check.sh bench sanitize
@@ -57,6 +61,14 @@ sanitize() {
     timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PYTEST tests/ops/test_cuda.py \
         -k "out_of_range" 2>&1 | tail -15
     echo "memcheck rc=${PIPESTATUS[0]}"
+}
+
+dryrun() {
+    local copy=tests/ops/test_zz_cuda_on_cpu.py
+    sed -e 's/\.cuda()/.cpu()/g' -e 's/"cuda"/"cpu"/g' -e 's/torch\.cuda\.synchronize()/None/g' \
+        -e 's/not torch\.cuda\.is_available()/False/' -e 's/\.is_cuda/.is_cpu/g' tests/ops/test_cuda.py >"$copy"
+    $PYTEST "$copy" 2>&1 | grep -E "^FAILED|passed|failed" | sed 's/\[.*//' | sort | uniq -c
+    rm -f "$copy"
 }
 
 for stage in "${@:-build test fit bench sanitize}"; do
