@@ -79,8 +79,8 @@ class GroupBprLoss : public torch::autograd::Function<GroupBprLoss> {
       // Rows with a group id outside [0, G) (skipped by the CUDA kernels under validate=False) get 0, and their
       // id is never used as an index.
       const int64_t num_groups = grad_loss.size(0);
-      const at::Tensor valid = groups.ge(0).logical_and(groups.lt(num_groups));
-      const at::Tensor grad_rows = grad_loss.index_select(0, groups.clamp(0, num_groups - 1)) * valid.to(acc);
+      const at::Tensor invalid = groups.lt(0).logical_or(groups.ge(num_groups));
+      const at::Tensor grad_rows = grad_loss.index_select(0, groups.clamp(0, num_groups - 1)).masked_fill(invalid, 0);
       grad_weight = (unweighted * grad_rows).to(weight.scalar_type());
     }
     return {grad_pos, grad_neg, at::Tensor(), at::Tensor(), grad_weight};

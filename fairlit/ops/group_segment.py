@@ -109,9 +109,10 @@ def _rows_of_groups(grad: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     Those rows are the ones the CUDA kernels skip under ``validate=False`` (the CPU ones reject them), so
     they get no gradient, and an out-of-range id is never used as an index (a device-side assert on CUDA).
     """
-    valid = (groups >= 0) & (groups < grad.shape[0])
+    invalid = (groups < 0) | (groups >= grad.shape[0])
     rows = grad.index_select(0, groups.clamp(0, grad.shape[0] - 1))
-    return rows * valid.reshape(-1, *([1] * (grad.dim() - 1))).to(rows.dtype)
+    # masked_fill, not a 0/1 multiply: the clamped read may be a non-finite group gradient (inf * 0 = NaN).
+    return rows.masked_fill(invalid.reshape(-1, *([1] * (grad.dim() - 1))), 0)
 
 
 def _register() -> None:

@@ -191,3 +191,6 @@ def test_backward_gather_gives_out_of_range_ids_zero_and_never_indexes_them():
     expected = torch.tensor([[3.0, -3.0], [0, 0], [0, 0], [1.0, -1.0], [0, 0], [0, 0], [2.0, -2.0]])
     assert torch.equal(_rows_of_groups(grad, ids), expected)
     assert torch.equal(_rows_of_groups(grad[:, 0], ids), expected[:, 0])
+    # a non-finite group gradient stays with its own rows
+    grad[2, 0] = float("inf")
+    assert torch.equal(_rows_of_groups(grad[:, 0], ids), torch.tensor([float("inf"), 0, 0, 1, 0, 0, 2]))
