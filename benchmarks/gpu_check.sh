@@ -10,7 +10,7 @@
 #   dryrun    on a machine WITHOUT a GPU, before asking for one: tests/ops/test_cuda.py rewritten to CPU
 #             tensors, so the test code itself runs (values vs the references) and its bugs cost no device
 #             time. Expected to fail only: test_every_op_has_a_cuda_kernel and the out_of_range tests (the
-#             CPU kernels reject the ids the CUDA ones skip).
+#             CPU kernels reject the ids the CUDA ones skip): 6 failures.
 # Each stage has its own time box, so a slow one cannot swallow the rest. Logs go to $OUT (default gpu_out).
 #
 #     bash benchmarks/gpu_check.sh build test fit && bash benchmarks/gpu_check.sh bench sanitize

@@ -1,5 +1,6 @@
 // Autograd kernels registered in C++ for the ops on every training step: score_candidates and group_bpr_loss
-// (every BPR step) and dual_projection (every FairDual step). A formula registered from Python
+// (every BPR step), dual_projection (every FairDual step) and bpr_adam_step (an optimizer step, which has no
+// derivative: its kernel only refuses to run where autograd would have to record it). A formula registered from Python
 // (torch.library.register_autograd) runs ~50-70 µs of interpreter code per op per step (wrapping, argument
 // filling, the backward closure), which is more than the kernels themselves in a small-model CPU step; these
 // are the same formulas in C++. The other ops keep their Python formulas (fairlit/ops/<family>.py). Forward
@@ -129,9 +130,29 @@ std::tuple<at::Tensor, at::Tensor> group_bpr_loss_autograd(const at::Tensor& pos
   return {out[0], out[1]};
 }
 
+// bpr_adam_step updates parameters in place, like torch.optim's fused steps: there is nothing to differentiate.
+// Under grad mode with a table that requires grad, autograd would have to record an in-place update of a leaf:
+// refuse with the fix instead. Otherwise run the device kernel.
+at::Tensor bpr_adam_step_autograd(at::Tensor& user_emb, at::Tensor& item_emb, at::Tensor& user_exp_avg,
+                                  at::Tensor& user_exp_avg_sq, at::Tensor& item_exp_avg, at::Tensor& item_exp_avg_sq,
+                                  at::Tensor& user_step, at::Tensor& item_step, const at::Tensor& users,
+                                  const at::Tensor& pos, const at::Tensor& neg, const std::optional<at::Tensor>& weight,
+                                  double reg_weight, bool sigmoid_scores, double lr, double beta1, double beta2,
+                                  double eps, double weight_decay) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fairlit::bpr_adam_step", "").typed<decltype(bpr_adam_step_autograd)>();
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(user_emb.requires_grad() || item_emb.requires_grad()),
+              "fairlit: bpr_adam_step is an optimizer step (no derivative); call it under torch.no_grad() "
+              "(fairlit.ops.bpr_adam_step does)");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+                 users, pos, neg, weight, reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, Autograd, m) {
+  m.impl("bpr_adam_step", &bpr_adam_step_autograd);
   m.impl("score_candidates", &score_candidates_autograd);
   m.impl("group_bpr_loss", &group_bpr_loss_autograd);
   m.impl("dual_projection", &dual_projection_autograd);

@@ -6,6 +6,7 @@
 #include <ATen/OpMathType.h>
 
 #include <cmath>
+#include <utility>
 
 namespace fairlit {
 
@@ -193,6 +194,60 @@ inline void check_projection_grad(const at::Tensor& grad, const at::Tensor& mu) 
               grad.sizes());
   TORCH_CHECK(grad.scalar_type() == mu.scalar_type(), "fairlit: `grad` and `mu` dtypes differ");
   check_same_device(mu, grad, "mu", "grad");
+}
+
+// Validation shared by the train_step kernels (both devices): the two tables [m, d] / [n, d] (float32 or
+// float64, contiguous) with Adam's moments of the same shape and step counters (one element each), batches
+// users / pos [S, B] and neg [S, B, M] (int64), optional weight [S, B]; one device. Ids are checked by the
+// CPU kernel as it reads them and by the Python wrapper.
+inline void check_table_state(const at::Tensor& table, const at::Tensor& state, const char* table_name,
+                              const char* state_name) {
+  TORCH_CHECK(state.sizes() == table.sizes() && state.scalar_type() == table.scalar_type() && state.is_contiguous(),
+              "fairlit: `", state_name, "` must be a contiguous ", table.scalar_type(), " tensor shaped like `",
+              table_name, "` ", table.sizes(), ", got ", state.scalar_type(), " ", state.sizes());
+  check_same_device(table, state, table_name, state_name);
+}
+
+inline void check_bpr_adam_inputs(const at::Tensor& user_emb, const at::Tensor& item_emb, const at::Tensor& user_exp_avg,
+                                  const at::Tensor& user_exp_avg_sq, const at::Tensor& item_exp_avg,
+                                  const at::Tensor& item_exp_avg_sq, const at::Tensor& user_step,
+                                  const at::Tensor& item_step, const at::Tensor& users, const at::Tensor& pos,
+                                  const at::Tensor& neg, const c10::optional<at::Tensor>& weight) {
+  check_embedding_inputs(user_emb, item_emb);
+  TORCH_CHECK(user_emb.scalar_type() == at::kFloat || user_emb.scalar_type() == at::kDouble,
+              "fairlit: bpr_adam_step needs float32 or float64 tables, got ", user_emb.scalar_type());
+  TORCH_CHECK(user_emb.is_contiguous() && item_emb.is_contiguous(), "fairlit: `user_emb` and `item_emb` must be contiguous");
+  check_table_state(user_emb, user_exp_avg, "user_emb", "user_exp_avg");
+  check_table_state(user_emb, user_exp_avg_sq, "user_emb", "user_exp_avg_sq");
+  check_table_state(item_emb, item_exp_avg, "item_emb", "item_exp_avg");
+  check_table_state(item_emb, item_exp_avg_sq, "item_emb", "item_exp_avg_sq");
+  for (const auto& [step, name] : {std::pair<const at::Tensor&, const char*>{user_step, "user_step"},
+                                   std::pair<const at::Tensor&, const char*>{item_step, "item_step"}}) {
+    TORCH_CHECK(step.numel() == 1, "fairlit: `", name, "` must hold one element (Adam's step count), got shape ",
+                step.sizes());
+    check_float(step, name);
+    check_same_device(user_emb, step, "user_emb", name);
+  }
+  check_index(users, "users");
+  check_index(pos, "pos");
+  check_index(neg, "neg");
+  check_dim(users, 2, "users");
+  check_dim(neg, 3, "neg");
+  TORCH_CHECK(users.size(1) >= 1, "fairlit: batches must hold at least one row, got `users` ", users.sizes());
+  TORCH_CHECK(pos.sizes() == users.sizes(), "fairlit: `pos` must be [S, B] like `users` ", users.sizes(), ", got ",
+              pos.sizes());
+  TORCH_CHECK(neg.size(0) == users.size(0) && neg.size(1) == users.size(1) && neg.size(2) >= 1,
+              "fairlit: `neg` must be [S, B, M] with [S, B] = ", users.sizes(), " and M >= 1, got ", neg.sizes());
+  check_same_device(user_emb, users, "user_emb", "users");
+  check_same_device(user_emb, pos, "user_emb", "pos");
+  check_same_device(user_emb, neg, "user_emb", "neg");
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->sizes() == users.sizes(), "fairlit: `weight` must be [S, B] like `users` ", users.sizes(),
+                ", got ", weight->sizes());
+    TORCH_CHECK(weight->scalar_type() == user_emb.scalar_type(), "fairlit: `weight` dtype must match the tables (",
+                user_emb.scalar_type(), "), got ", weight->scalar_type());
+    check_same_device(user_emb, *weight, "user_emb", "weight");
+  }
 }
 
 // Loss sums are accumulated and returned in float32 for half inputs: a sum of 1e5 per-sample losses

@@ -38,4 +38,7 @@ TORCH_LIBRARY(fairlit, m) {
   // sparse family: A @ x for A in CSR; the transpose CSR (t_*) is an input so that the registered backward
   // (grad_x = A^T @ grad, the same op with the roles swapped) needs no sort. A is a constant (no grad).
   m.def("csr_matmul(Tensor indptr, Tensor indices, Tensor values, Tensor x, Tensor t_indptr, Tensor t_indices, Tensor t_values) -> Tensor");
+  // train_step family: S consecutive BPR steps of an MF model (tables P [m, d], Q [n, d]), each a gradient and
+  // one torch fused-Adam update of both tables and their Adam state, in place; returns each batch's loss [S] f64.
+  m.def("bpr_adam_step(Tensor(a!) user_emb, Tensor(b!) item_emb, Tensor(c!) user_exp_avg, Tensor(d!) user_exp_avg_sq, Tensor(e!) item_exp_avg, Tensor(f!) item_exp_avg_sq, Tensor(g!) user_step, Tensor(h!) item_step, Tensor users, Tensor pos, Tensor neg, Tensor? weight, float reg_weight, bool sigmoid_scores, float lr, float beta1, float beta2, float eps, float weight_decay) -> Tensor");
 }

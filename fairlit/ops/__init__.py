@@ -7,6 +7,7 @@
 | neuralsort, soft_rank_gain (+ helpers soft_ndcg, soft_hit) | soft_sort.py |
 | csr_matmul (+ helper csr_transpose) | sparse.py |
 | dual_projection | projection.py |
+| bpr_adam_step (a whole BPR-MF training step with Adam, in place) | train_step.py |
 
 Each op has a pure-PyTorch twin with the same signature in `fairlit.ops.reference`, used when the
 compiled library is unavailable (one warning says why) and as the test oracle. `backend(name)` says
@@ -18,10 +19,11 @@ from .projection import dual_projection
 from .ranking import sampled_topk_group_stats, score_candidates, topk_scores
 from .soft_sort import neuralsort, soft_hit, soft_ndcg, soft_rank_gain
 from .sparse import csr_matmul, csr_transpose
+from .train_step import bpr_adam_step
 
 OPS = ("group_sum", "group_mean", "group_bpr_loss", "score_candidates", "topk_scores", "sampled_topk_group_stats",
-       "neuralsort", "soft_rank_gain", "csr_matmul", "dual_projection")
+       "neuralsort", "soft_rank_gain", "csr_matmul", "dual_projection", "bpr_adam_step")
 
 __all__ = ["HAS_EXT", "OPS", "backend", "group_bpr_loss", "group_mean", "group_sum", "score_candidates",
            "topk_scores", "sampled_topk_group_stats", "neuralsort", "soft_hit", "soft_ndcg", "soft_rank_gain",
-           "csr_matmul", "csr_transpose", "dual_projection"]
+           "csr_matmul", "csr_transpose", "dual_projection", "bpr_adam_step"]

@@ -239,3 +239,40 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: torch.Tensor, wei
                                   (m * m).gather(-1, order).cumsum(-1), lam)
         out = torch.where(x < 0, -torch.relu(b - theta * m), x)
     return out.to(mu.dtype)
+
+
+def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
+                  user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
+                  user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                  neg: torch.Tensor, weight: torch.Tensor | None, reg_weight: float, sigmoid_scores: bool, lr: float,
+                  beta1: float, beta2: float, eps: float, weight_decay: float) -> torch.Tensor:
+    """S BPR steps (users/pos [S, B], neg [S, B, M], weight [S, B] or None), each: the batch loss and its
+    gradient by autograd at the current tables, then Adam as ``torch.optim.Adam`` documents it (L2 weight
+    decay, bias-corrected moments), in place. Returns the losses [S] float64."""
+    losses = []
+    tables = (user_emb, item_emb)
+    states = ((user_exp_avg, user_exp_avg_sq, user_step), (item_exp_avg, item_exp_avg_sq, item_step))
+    for s in range(users.shape[0]):
+        with torch.enable_grad():
+            P, Q = user_emb.detach().requires_grad_(), item_emb.detach().requires_grad_()
+            pu, qp, qn = P[users[s]], Q[pos[s]], Q[neg[s]]                       # [B, d], [B, d], [B, M, d]
+            s_pos, s_neg = (pu * qp).sum(-1), (pu.unsqueeze(1) * qn).sum(-1)     # [B], [B, M]
+            if sigmoid_scores:
+                s_pos, s_neg = torch.sigmoid(s_pos), torch.sigmoid(s_neg)
+            per_row = F.softplus(s_neg - s_pos.unsqueeze(1)).mean(1)
+            if weight is not None:
+                per_row = per_row * weight[s]
+            batch = users.shape[1]
+            reg = (pu.pow(2).sum() + qp.pow(2).sum() + qn.pow(2).sum()) / (2 * batch)
+            loss = per_row.mean() + reg_weight * reg
+            grads = torch.autograd.grad(loss, (P, Q))
+        losses.append(loss.detach().double())
+        for table, grad, (exp_avg, exp_avg_sq, step) in zip(tables, grads, states):
+            step += 1
+            t = float(step)
+            grad = grad + weight_decay * table
+            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq / (1 - beta2 ** t)).sqrt() + eps
+            table.sub_(lr * (exp_avg / (1 - beta1 ** t)) / denom)
+    return torch.stack(losses) if losses else user_emb.new_zeros(0, dtype=torch.float64)

@@ -340,6 +340,38 @@ def test_csr_matmul_is_bitwise_reproducible():
     assert all(torch.equal(first, ops.csr_matmul(indptr, indices, values, x)) for _ in range(3))
 
 
+# ---- train_step --------------------------------------------------------------------------------------
+
+def _adam_state(m, n, d, dtype, seed, steps):
+    gen = torch.Generator().manual_seed(seed)
+    tables = [torch.randn(r, d, generator=gen, dtype=torch.float64).to(dtype) for r in (m, n)]
+    moments = [torch.rand(t.shape, generator=gen, dtype=torch.float64).to(dtype) * 0.01 * (steps > 0)
+               for t in (tables[0], tables[0], tables[1], tables[1])]
+    return tables + moments + [torch.tensor(float(steps)), torch.tensor(float(steps))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s, b, m, d, users, items", [(1, 1, 1, 1, 1, 1), (2, 7, 3, 33, 4, 5), (1, 3000, 1, 32, 50, 80),
+                                                     (3, 64, 2, 100, 943, 1682)])
+@pytest.mark.parametrize("options", ["plain", "weighted_reg_decay_sigmoid"])
+def test_bpr_adam_step_matches_reference(dtype, s, b, m, d, users, items, options):
+    # Few rows and large batches: many batch rows add into one gradient row (atomics).
+    extra = options != "plain"
+    state = _adam_state(users, items, d, dtype, 0, steps=5 * extra)
+    want = [t.clone() for t in state]
+    got = [t.cuda() for t in state]
+    u, p, n = _ints((s, b), 0, users, 1), _ints((s, b), 0, items, 2), _ints((s, b, m), 0, items, 3)
+    w = _rand((s, b), dtype, 4).abs() if extra else None
+    hyper = dict(reg_weight=0.2 * extra, sigmoid_scores=extra, lr=0.01, beta1=0.9, beta2=0.99, eps=1e-4,
+                 weight_decay=0.03 * extra)
+    losses = ops.bpr_adam_step(*got, *_cuda(u, p, n, w), **hyper)
+    want_losses = reference.bpr_adam_step(*want, u, p, n, w, *hyper.values())
+    assert losses.is_cuda and got[6].is_cuda
+    torch.testing.assert_close(losses.cpu(), want_losses, **tol(dtype, 10))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.cpu(), e, **tol(dtype, 10))
+
+
 # ---- opcheck ----------------------------------------------------------------------------------------
 
 def test_opcheck_on_cuda():
@@ -377,6 +409,10 @@ def test_opcheck_on_cuda():
     for k, sigmoid, per_row in ((1, False, False), (4, True, True)):
         torch.library.opcheck(torch.ops.fairlit.sampled_topk_group_stats,
                               (user.detach(), item.detach(), rows[0], k, group_ids, group_weights, 4, sigmoid, per_row))
+    state = [t.cuda() for t in _adam_state(5, 9, 4, torch.float32, 0, steps=2)]
+    torch.library.opcheck(torch.ops.fairlit.bpr_adam_step,
+                          (*state, rows[:, :2] % 5, rows[:, 2:4], rows[:, 4:, None], torch.rand(5, 2, device="cuda"),
+                           0.1, True, 0.01, 0.9, 0.999, 1e-8, 0.01))
 
 
 # ---- out-of-range ids with validate=False: skipped, never dereferenced ------------------------------
@@ -485,3 +521,26 @@ def test_out_of_range_csr_entries_are_skipped():
     torch.cuda.synchronize()
     want = torch.stack([x[1], torch.zeros(40), x[4] + x[0], torch.zeros(40)])
     torch.testing.assert_close(out.cpu(), want)
+
+
+def test_out_of_range_batch_ids_are_skipped():
+    # Rows with a bad user or positive are skipped (the kept rows match the reference with their weights and λ
+    # rescaled to the op's 1/B); a bad negative inside a kept row is skipped without a fault.
+    state = _adam_state(6, 8, 5, torch.float64, 0, steps=0)
+    users = torch.tensor([[0, -1, 3, 2**40, 5, 1]])
+    pos = torch.tensor([[1, 2, 8, 3, 7, 0]])
+    neg = torch.tensor([[4, 5, 6, 7, 2, 3]])
+    got = [t.cuda() for t in state]
+    losses = ops.bpr_adam_step(*got, *_cuda(users, pos, neg), reg_weight=0.1, lr=0.01, validate=False)
+    keep = torch.tensor([0, 4, 5])
+    scale = len(keep) / users.shape[1]
+    want = [t.clone() for t in state]
+    want_loss = reference.bpr_adam_step(*want, users[:, keep], pos[:, keep], neg[:, keep, None],
+                                        torch.full((1, len(keep)), scale, dtype=torch.float64), 0.1 * scale, False,
+                                        0.01, 0.9, 0.999, 1e-8, 0.0)
+    torch.testing.assert_close(losses.cpu(), want_loss)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.cpu(), e)
+    bad_neg = ops.bpr_adam_step(*got, *_cuda(users[:, :1], pos[:, :1], torch.tensor([[[1, -7]]])), validate=False)
+    torch.cuda.synchronize()
+    assert torch.isfinite(bad_neg).all() and torch.isfinite(got[0]).all()

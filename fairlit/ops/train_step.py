@@ -1,0 +1,146 @@
+"""Fused training steps: `bpr_adam_step`, BPR steps of a matrix-factorisation model with Adam, in place.
+
+Kernels: csrc/cpu/train_step.cpp, csrc/cuda/train_step.cu. A small-batch BPR-MF step on CPU is ~30 calls
+from Python (embedding lookups, score and loss ops, their backward, zero_grad, Adam's bookkeeping), each
+costing more interpreter and dispatcher time than its arithmetic; this op is one call per step, or per S
+steps. The gradient is computed in the kernel; the update is torch's fused Adam (``aten::_fused_adam_``, what
+``torch.optim.Adam(fused=True)`` runs), so Adam's moments and step counters are those of ``torch.optim.Adam``
+and a training run can switch between this op and the autograd path at any step.
+"""
+import torch
+
+from . import _validate as check
+from . import reference
+from ._library import has_op
+
+
+def _batches(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+             weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """users/pos [S, B], neg [S, B, M], weight [S, B] from one batch ([B], [B] or [B, M]) or S of them."""
+    check.index("users", users)
+    check.index("pos", pos)
+    check.index("neg", neg)
+    check.ndim("users", users, (1, 2), "[B] or [S, B]")
+    if users.dim() == 1:
+        users, pos, neg = users.unsqueeze(0), pos.unsqueeze(0), neg.unsqueeze(0)
+        weight = None if weight is None else weight.unsqueeze(0)
+    if pos.shape != users.shape:
+        raise ValueError(f"`pos` must have the shape of `users` {tuple(users.shape)}, got {tuple(pos.shape)}")
+    if neg.dim() == users.dim():
+        neg = neg.unsqueeze(-1)
+    if neg.dim() != 3 or neg.shape[:2] != users.shape or neg.shape[2] < 1:
+        raise ValueError(f"`neg` must be [B] / [B, M] (or [S, B] / [S, B, M]) with [S, B] = {tuple(users.shape)} "
+                         f"and M >= 1, got {tuple(neg.shape)}")
+    if users.shape[1] < 1:
+        raise ValueError("a batch must hold at least one row (B >= 1)")
+    if weight is not None and weight.shape != users.shape:
+        raise ValueError(f"`weight` must have the shape of `users`, got {tuple(weight.shape)}")
+    return users, pos, neg, weight
+
+
+def _check_hyper(reg_weight: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    for name, value, ok, doc in (("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
+                                 ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"),
+                                 ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"), ("eps", eps, eps >= 0, ">= 0"),
+                                 ("weight_decay", weight_decay, weight_decay >= 0, ">= 0")):
+        if not ok:  # also rejects NaN
+            raise ValueError(f"`{name}` must be {doc}, got {value!r}")
+
+
+def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
+                  user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
+                  user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                  neg: torch.Tensor, weight: torch.Tensor | None = None, *, reg_weight: float = 0.0,
+                  sigmoid_scores: bool = False, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                  eps: float = 1e-8, weight_decay: float = 0.0, validate: bool = True) -> torch.Tensor:
+    r"""S consecutive BPR steps of MF (:math:`\hat y_{ui} = \langle P_u, Q_i \rangle`), each followed by one Adam
+    update of both tables; all tensors but the batches are updated in place.
+
+    Batch s's loss, taken at the tables as they are before its update (BPR, Rendle et al. 2009, with
+    per-row weights and RecBole's ``EmbLoss`` L2 term, as `fairlit.methods.BPR` trains):
+
+    .. math::
+        L_s = \frac1B \sum_b w_b \frac1M \sum_m \operatorname{softplus}(f(\hat y_{b,m}^-) - f(\hat y_b^+))
+        + \frac{λ}{2B} \sum_b \Big(\lVert P_{u_b}\rVert^2 + \lVert Q_{i_b^+}\rVert^2
+        + \sum_m \lVert Q_{i_{b,m}^-}\rVert^2\Big)
+
+    with f the identity or the sigmoid (`sigmoid_scores`, FairDiverse's BPR on σ(ŷ)). Its gradient goes to
+    ``torch.optim.Adam`` (``fused=True``) with ``lr``, ``betas = (beta1, beta2)``, ``eps`` and (L2, not
+    decoupled) ``weight_decay``: each step adds 1 to both step counters and updates the moments.
+
+    Args:
+        user_emb: [m, d] P, float32 or float64, contiguous (e.g. ``nn.Embedding.weight``).
+        item_emb: [n, d] Q, same dtype and device.
+        user_exp_avg, user_exp_avg_sq: Adam's moments of P ([m, d], Adam's state ``exp_avg`` / ``exp_avg_sq``).
+        item_exp_avg, item_exp_avg_sq: Adam's moments of Q ([n, d]).
+        user_step, item_step: Adam's step counters (one-element float tensors on the tables' device).
+        users: [B] int64 (one batch) or [S, B] (S batches, applied in order).
+        pos: positives, the shape of `users`.
+        neg: negatives [B] / [B, M] (one batch) or [S, B] / [S, B, M].
+        weight: per-row weights w, the shape of `users` and the tables' dtype; None means 1.
+        reg_weight: λ ≥ 0.
+        sigmoid_scores: train on σ(ŷ) instead of ŷ.
+        lr, beta1, beta2, eps, weight_decay: Adam's hyper-parameters.
+        validate: check ids against the tables and weights for NaN/inf (a host sync on CUDA). Shapes, dtypes,
+            devices and hyper-parameters are always checked.
+
+    Returns:
+        [S] float64, each batch's loss :math:`L_s` (detached; [1] for one batch).
+    """
+    users, pos, neg, weight = _batches(users, pos, neg, weight)
+    _check_hyper(reg_weight, lr, beta1, beta2, eps, weight_decay)
+    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
+        check.floating(name, t)
+        if t.dtype not in (torch.float32, torch.float64) or t.dim() != 2:
+            raise TypeError(f"`{name}` must be a 2-D float32 or float64 table, got {t.dtype} {tuple(t.shape)}")
+    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
+    for table_name, table, states in (("user_emb", user_emb, (("user_exp_avg", user_exp_avg),
+                                                                ("user_exp_avg_sq", user_exp_avg_sq))),
+                                      ("item_emb", item_emb, (("item_exp_avg", item_exp_avg),
+                                                              ("item_exp_avg_sq", item_exp_avg_sq)))):
+        for name, state in states:
+            if state.shape != table.shape or state.dtype != table.dtype:
+                raise ValueError(f"`{name}` must be shaped like `{table_name}` {tuple(table.shape)} with dtype "
+                                 f"{table.dtype}, got {state.dtype} {tuple(state.shape)}")
+    for name, step in (("user_step", user_step), ("item_step", item_step)):
+        check.floating(name, step)
+        if step.numel() != 1:
+            raise ValueError(f"`{name}` must hold one element (Adam's step count), got shape {tuple(step.shape)}")
+    if weight is not None:
+        check.floating("weight", weight)
+        check.same_dtype(("user_emb", user_emb), ("weight", weight))
+    named = [("user_emb", user_emb), ("item_emb", item_emb), ("user_exp_avg", user_exp_avg),
+             ("user_exp_avg_sq", user_exp_avg_sq), ("item_exp_avg", item_exp_avg),
+             ("item_exp_avg_sq", item_exp_avg_sq), ("user_step", user_step), ("item_step", item_step),
+             ("users", users), ("pos", pos), ("neg", neg)] + ([("weight", weight)] if weight is not None else [])
+    check.same_device(*named)
+    if validate or not has_op("bpr_adam_step"):
+        check.id_range("users", users, user_emb.shape[0], "user id")
+        check.id_range("pos", pos, item_emb.shape[0], "item id")
+        check.id_range("neg", neg, item_emb.shape[0], "item id")
+        if weight is not None:
+            check.finite("weight", weight)
+    args = (user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+            users, pos, neg, weight, float(reg_weight), bool(sigmoid_scores), float(lr), float(beta1), float(beta2),
+            float(eps), float(weight_decay))
+    with torch.no_grad():
+        if has_op("bpr_adam_step"):
+            return torch.ops.fairlit.bpr_adam_step(*args)
+        return reference.bpr_adam_step(*args)
+
+
+def _register() -> None:
+    # Fake (meta) kernel: the tables and states are updated in place (declared in the schema); the losses are new.
+    @torch.library.register_fake("fairlit::bpr_adam_step")
+    def _(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+          users, pos, neg, weight, reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay):
+        return user_emb.new_empty((users.shape[0],), dtype=torch.float64)
+
+    # The autograd kernel is C++ (csrc/autograd.cpp): an optimizer step has no derivative; it refuses to run
+    # where autograd would have to record an in-place update of a table that requires grad.
+
+
+if has_op("bpr_adam_step"):
+    _register()
