@@ -285,8 +285,11 @@ class FairNeg(BPR):
             return self._epoch_neg[slot]
         return draw_inverse_cdf(self.mix_probs(users), self._uniforms[slot])
 
-    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def negatives(self, batch: dict[str, Tensor]) -> Tensor:
         neg = self.draw_negatives(batch["user"], batch["pos"])
         self._t("neg_group_count").add_(torch.bincount(self._t("item_group")[neg],
                                                        minlength=self.hparams.num_item_groups))
-        return super().training_loss({**batch, "neg": neg.unsqueeze(1)})
+        return neg.unsqueeze(1)
+
+    def negatives_follow_model(self) -> bool:
+        return self.hparams.w_fair < 1 and self.hparams.imp_refresh == "batch"

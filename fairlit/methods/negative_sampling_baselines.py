@@ -53,11 +53,14 @@ class DNS(BPR):
             raise ValueError(f"DNS asks for {m} candidates but a user has only {int(pool.min())} "
                              "non-interacted items")
 
-    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def negatives(self, batch: dict[str, Tensor]) -> Tensor:
         cand = batch["neg"]                                                              # [B, M]
         with torch.no_grad():
             hardest = self.score(batch, cand).argmax(1, keepdim=True)                    # [B, 1]
-        return super().training_loss({**batch, "neg": cand.gather(1, hardest)})
+        return cand.gather(1, hardest)
+
+    def negatives_follow_model(self) -> bool:
+        return True
 
 
 class FairStatic(FairNeg):

@@ -1,0 +1,74 @@
+"""`fused_step=True` (fairlit.ops.bpr_adam_step) trains what autograd + Adam train: BPR, FairNeg and DNS, over
+several Lightning steps of several batches, checkpoint resume, and clear errors where it does not apply."""
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_fairneg_method import datamodule, make_data, module, trainer
+
+from fairlit.methods import BPR, DNS, FairNeg, MeanScoreReg
+from fairlit.models import LightGCN
+
+
+def fit(root, dm, cls, epochs=2, double=False, **kwargs):
+    L.seed_everything(0)
+    m = module(dm, cls, **kwargs)
+    if double:
+        m = m.double()
+    trainer(root, max_epochs=epochs, precision="64-true" if double else "32-true").fit(m, dm)
+    return m
+
+
+@pytest.mark.parametrize("cls, kwargs", [(BPR, {}), (FairNeg, {}), (FairNeg, dict(imp_refresh="batch")), (DNS, {})])
+def test_fused_training_equals_autograd_training(tmp_path, cls, kwargs):
+    # 3 batches per Lightning step over 5 batches per epoch: runs of 3 and of 2 (the short last batch alone).
+    dm_kwargs = dict(batch_size=27, batches_per_step=3) | (dict(num_negatives=3) if cls is DNS else {})
+    dm = datamodule(make_data(tmp_path), **dm_kwargs)
+    plain = fit(tmp_path / "plain", dm, cls, double=True, **kwargs)
+    fused = fit(tmp_path / "fused", dm, cls, double=True, fused_step=True, **kwargs)
+    assert fused.trainer.global_step == plain.trainer.global_step >= 8
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-9, atol=1e-9, msg=name)
+    opt_plain, opt_fused = plain.optimizers().optimizer, fused.optimizers().optimizer
+    for p_plain, p_fused in zip(plain.parameters(), fused.parameters()):
+        assert float(opt_fused.state[p_fused]["step"]) == fused.trainer.global_step
+        torch.testing.assert_close(opt_fused.state[p_fused]["exp_avg_sq"], opt_plain.state[p_plain]["exp_avg_sq"],
+                                   rtol=1e-7, atol=1e-12)
+
+
+def test_fused_float32_training_stays_close(tmp_path):
+    dm = datamodule(make_data(tmp_path), batch_size=16)
+    plain, fused = fit(tmp_path / "a", dm, FairNeg), fit(tmp_path / "b", dm, FairNeg, fused_step=True)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_resume_continues_identically(tmp_path):
+    dm = datamodule(make_data(tmp_path), batch_size=16, batches_per_step=2)
+    straight = fit(tmp_path / "a", dm, FairNeg, epochs=3, fused_step=True)
+    L.seed_everything(0)
+    first = module(dm, FairNeg, fused_step=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer(tmp_path / "b", max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(first, dm)
+    resumed = module(dm, FairNeg, fused_step=True)
+    trainer(tmp_path / "c", max_epochs=3).fit(resumed, dm, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda dm: BPR(lambda u, i: LightGCN(u, i, dim=8), num_users=dm.num_users, num_items=dm.num_items,
+                    fused_step=True), "the backbone is LightGCN, not MF"),
+    (lambda dm: module(dm, MeanScoreReg, fused_step=True), "MeanScoreReg changes BPR's loss"),
+])
+def test_unsupported_models_are_refused(tmp_path, make, match):
+    dm = datamodule(make_data(tmp_path), item_group_genres=["Sci-Fi", "Horror"])
+    with pytest.raises(ValueError, match=f"fused_step=True cannot train .*{match}"):
+        trainer(tmp_path, fast_dev_run=True).fit(make(dm), dm)
+
+
+def test_half_precision_is_refused(tmp_path):
+    dm = datamodule(make_data(tmp_path))
+    with pytest.raises(ValueError, match="precision bf16-mixed is not full precision"):
+        trainer(tmp_path, fast_dev_run=True, precision="bf16-mixed").fit(module(dm, BPR, fused_step=True), dm)
+
