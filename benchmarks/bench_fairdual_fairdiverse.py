@@ -316,23 +316,24 @@ def seed_tables(results: dict[str, list[list[float]]], rows: list[list], header:
     return table
 
 
-def uni(dm, _num_train_rows: int):
+def uni(dm, _num_train_rows: int, fused_step: bool = False):
     """fairlit's unweighted BPR with FairDiverse's loss on σ-scores: the plain-BPR parity row."""
     from fairlit.methods import UNI
     from fairlit.models import MF
 
     return UNI(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
-               num_item_groups=dm.num_item_groups, ks=[5, 10, 20], bpr_on_sigmoid=True)
+               num_item_groups=dm.num_item_groups, ks=[5, 10, 20], bpr_on_sigmoid=True, fused_step=fused_step)
 
 
-def fairdual(dm, num_train_rows: int):
+def fairdual(dm, num_train_rows: int, fused_step: bool = False):
     """fairlit's FairDual with FairDiverse's code settings (preset, BPR on σ-scores, its N)."""
     from fairlit.methods import FairDual
     from fairlit.models import MF
 
     return FairDual(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
                     num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
-                    num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=num_train_rows)
+                    num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=num_train_rows,
+                    fused_step=fused_step)
 
 
 def main() -> None:
@@ -348,8 +349,9 @@ def main() -> None:
                         help="patch FairDiverse's pair sampler, which returns item 0 as the negative of most rows")
     parser.add_argument("--methods", nargs="+", choices=["fairdual", "bpr"], default=["fairdual"],
                         help="bpr: plain BPR on both sides (FairDiverse without fair-rank, fairlit UNI), a parity check")
-    parser.add_argument("--batches-per-step", type=int, nargs="+", default=[1, 16],
-                        help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training)")
+    parser.add_argument("--batches-per-step", nargs="+", default=["1", "16", "16f"],
+                        help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training); "
+                             "a trailing f: model.fused_step (ops.bpr_adam_step; the same training up to rounding)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -382,9 +384,12 @@ def main() -> None:
                 name = "FairDiverse 1.0.0" + (" (uniform negatives)" if args.uniform_negatives else "")
                 runs.append((" ".join([name, label]).strip(), res))
             if "fairlit" in args.sides:
-                runs += [(f"fairlit{', ' + label if label else ''}, batches_per_step {c}",
-                          fit_on_fairdiverse_split(make_model, split, args.epochs, seed, 64, c))
-                         for c in args.batches_per_step]
+                for spec in args.batches_per_step:
+                    fused = spec.endswith("f")
+                    name = f"fairlit{', ' + label if label else ''}, batches_per_step {spec.rstrip('f')}"
+                    runs.append((name + (", fused_step" if fused else ""), fit_on_fairdiverse_split(
+                        lambda dm, n, f=fused: make_model(dm, n, f), split, args.epochs, seed, 64,
+                        int(spec.rstrip("f")))))
         for name, res in runs:
             values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
             results.setdefault(name, []).append(values)

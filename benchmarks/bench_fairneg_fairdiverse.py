@@ -47,14 +47,14 @@ _fairneg.random = _types.SimpleNamespace(sample=lambda pop, k: _random.sample(po
 '''
 
 
-def fairneg(dm, _num_train_rows: int, seed: int):
+def fairneg(dm, _num_train_rows: int, seed: int, fused_step: bool = False):
     """fairlit's FairNeg with FairDiverse's FairNeg properties (its N is not used by FairNeg)."""
     from fairlit.methods import FairNeg
     from fairlit.models import MF
 
     return FairNeg(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
                    num_item_groups=dm.num_item_groups, ks=[5, 10, 20], lr=1e-3, w_fair=0.3, tau=0.1, alpha=0.2,
-                   gamma=0.1, sample_seed=seed)
+                   gamma=0.1, sample_seed=seed, fused_step=fused_step)
 
 
 def main() -> None:
@@ -64,9 +64,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-fairneg"))
     parser.add_argument("--epochs", type=int, default=6, help="FairDiverse validates at epoch 0 and 5: use 6")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--fairlit-batch", nargs="+", default=["64", "64x16", "1024"],
+    parser.add_argument("--fairlit-batch", nargs="+", default=["64", "64x16", "64x16f", "1024"],
                         help="fairlit batch sizes to time (64 = FairDiverse's); BxC: batch B, C batches per "
-                             "Lightning step (data.batches_per_step; the same training)")
+                             "Lightning step (data.batches_per_step; the same training); a trailing f: "
+                             "model.fused_step (ops.bpr_adam_step; the same training up to float rounding)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table into this file (a marked section)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -89,10 +90,11 @@ def main() -> None:
             res["test"] = fairdiverse_rescored(res, split)
             runs.append(("FairDiverse 1.0.0 FairNeg", 64, res))
         for spec in args.fairlit_batch:
-            b, c = (int(x) for x in (spec.split("x") + ["1"])[:2])
-            runs.append(("fairlit FairNeg" + (f", batches_per_step {c}" if c > 1 else ""), b,
-                         fit_on_fairdiverse_split(lambda dm, n, s=seed: fairneg(dm, n, s), split, args.epochs,
-                                                  seed, b, c)))
+            fused = spec.endswith("f")
+            b, c = (int(x) for x in (spec.rstrip("f").split("x") + ["1"])[:2])
+            name = "fairlit FairNeg" + (f", batches_per_step {c}" if c > 1 else "") + (", fused_step" if fused else "")
+            runs.append((name, b, fit_on_fairdiverse_split(lambda dm, n, s=seed, f=fused: fairneg(dm, n, s, f), split,
+                                                           args.epochs, seed, b, c)))
         for name, batch, res in runs:
             values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
             results.setdefault(f"{name}, batch {batch}", []).append(values)

@@ -210,6 +210,13 @@ class RecDataModule(L.LightningDataModule):
         print(text)
         return text
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """The loaders yield CPU tensors: on CPU there is nothing to move, so skip Lightning's generic walk over
+        the batch (~0.5 ms per Lightning step for a list of 16 batches)."""
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         data = TrainInteractions(self.train_users, self.train_items, self.num_items, self.train_csr,

@@ -185,8 +185,7 @@ class FairNeg(BPR):
         self._snapshot = self._all_embeddings() if hp.imp_refresh == "epoch" and hp.w_fair < 1 else None
         table = hp.imp_refresh == "epoch" and hp.num_users * hp.num_items <= hp.epoch_table_max
         self._epoch_neg = self._epoch_negatives() if table else None
-        for a in range(hp.num_item_groups):
-            self.log(f"fairneg/p_g{a}", float(self.p[a]), on_epoch=True, on_step=False)
+        self.log_diagnostics({f"fairneg/p_g{a}": value for a, value in enumerate(self.p.tolist())})
 
     @torch.no_grad()
     def _all_embeddings(self) -> tuple[Tensor, Tensor]:
@@ -223,17 +222,15 @@ class FairNeg(BPR):
         self.p.copy_(p)
         self.v.copy_(v)
         self.num_updates += 1
-        for a in range(hp.num_item_groups):
-            self.log(f"fairneg/gbce_g{a}", float(loss[a]), on_epoch=True, on_step=False)
-            self.log(f"fairneg/v_g{a}", float(v[a]), on_epoch=True, on_step=False)
+        self.log_diagnostics({f"fairneg/gbce_g{a}": value for a, value in enumerate(loss.tolist())}
+                             | {f"fairneg/v_g{a}": value for a, value in enumerate(v.tolist())})
         return loss
 
     def on_train_epoch_end(self) -> None:
         # Share of drawn negatives per group (vs. p and the positive shares): the paper's diagnostic.
         (count,) = self.all_reduce_sum(self._t("neg_group_count"))
         share = count / count.sum().clamp_min(1)
-        for a in range(self.hparams.num_item_groups):
-            self.log(f"fairneg/neg_share_g{a}", float(share[a]), on_epoch=True, on_step=False)
+        self.log_diagnostics({f"fairneg/neg_share_g{a}": value for a, value in enumerate(share.tolist())})
 
     # ----------------------------------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -153,6 +153,25 @@ class WeightedLoss(RecModule):
                                                                                  batch["neg"])
         return loss
 
+    def fused_training_step(self, parts: list[dict[str, Tensor]]) -> Tensor:
+        """`fused_step` training: per batch, the forward without autograd (ℓ and the towers for `sample_weights`,
+        which may update method state as in the autograd path), then one `fused_bpr_update` with w."""
+        name, cls = type(self).__name__, type(self)
+        changed = [f"{name} changes the weighted-mean objective ({fn})" for fn in
+                   ("objective", "regularizer", "training_loss", "forward_losses")
+                   if getattr(cls, fn) is not getattr(WeightedLoss, fn)]
+        if self.hparams.loss != "bpr":
+            changed.append(f"loss={self.hparams.loss!r} is not BPR")
+        adam = self.fused_optimizer(changed)
+        for part in parts:
+            with torch.no_grad():
+                out = self.forward_losses(part)
+            weights = self.sample_weights(part, out)
+            losses = self.fused_bpr_update(adam, part["user"], part["pos"], part["neg"].view(len(part["pos"]), -1),
+                                           weights, reg_weight=self.hparams.reg_weight,
+                                           sigmoid_scores=self.hparams.bpr_on_sigmoid)
+        return losses[-1]
+
     def group_losses(self, items: Tensor, loss: Tensor, eps: float = 0.1) -> tuple[Tensor, Tensor]:
         """Batch group losses summed over all ranks: ``L_g = Σ_b Â[i_b,g] ℓ_b / (n_g + eps)`` (FairDiverse's
         +0.1) and ``n_g = Σ_b Â[i_b,g]`` (both [G] float64, detached)."""

@@ -47,6 +47,43 @@ def _check_hyper(reg_weight: float, lr: float, beta1: float, beta2: float, eps: 
             raise ValueError(f"`{name}` must be {doc}, got {value!r}")
 
 
+def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+                 users, pos, neg, weight) -> None:
+    """Dtypes, shapes and devices of the tables and Adam's state, ids against the tables, finite weights."""
+    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
+        check.floating(name, t)
+        if t.dtype not in (torch.float32, torch.float64) or t.dim() != 2:
+            raise TypeError(f"`{name}` must be a 2-D float32 or float64 table, got {t.dtype} {tuple(t.shape)}")
+    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
+    for table_name, table, states in (("user_emb", user_emb, (("user_exp_avg", user_exp_avg),
+                                                                ("user_exp_avg_sq", user_exp_avg_sq))),
+                                      ("item_emb", item_emb, (("item_exp_avg", item_exp_avg),
+                                                              ("item_exp_avg_sq", item_exp_avg_sq)))):
+        for name, state in states:
+            if state.shape != table.shape or state.dtype != table.dtype:
+                raise ValueError(f"`{name}` must be shaped like `{table_name}` {tuple(table.shape)} with dtype "
+                                 f"{table.dtype}, got {state.dtype} {tuple(state.shape)}")
+    for name, step in (("user_step", user_step), ("item_step", item_step)):
+        check.floating(name, step)
+        if step.numel() != 1:
+            raise ValueError(f"`{name}` must hold one element (Adam's step count), got shape {tuple(step.shape)}")
+    if weight is not None:
+        check.floating("weight", weight)
+        check.same_dtype(("user_emb", user_emb), ("weight", weight))
+    named = [("user_emb", user_emb), ("item_emb", item_emb), ("user_exp_avg", user_exp_avg),
+             ("user_exp_avg_sq", user_exp_avg_sq), ("item_exp_avg", item_exp_avg),
+             ("item_exp_avg_sq", item_exp_avg_sq), ("user_step", user_step), ("item_step", item_step),
+             ("users", users), ("pos", pos), ("neg", neg)] + ([("weight", weight)] if weight is not None else [])
+    check.same_device(*named)
+    check.id_range("users", users, user_emb.shape[0], "user id")
+    check.id_range("pos", pos, item_emb.shape[0], "item id")
+    check.id_range("neg", neg, item_emb.shape[0], "item id")
+    if weight is not None:
+        check.finite("weight", weight)
+
+
 def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
                   user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
                   user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
@@ -81,47 +118,19 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
         reg_weight: λ ≥ 0.
         sigmoid_scores: train on σ(ŷ) instead of ŷ.
         lr, beta1, beta2, eps, weight_decay: Adam's hyper-parameters.
-        validate: check ids against the tables and weights for NaN/inf (a host sync on CUDA). Shapes, dtypes,
-            devices and hyper-parameters are always checked.
+        validate: check dtypes, shapes and devices here, ids against the tables and weights for NaN/inf (a host
+            sync on CUDA). With False (the per-step call of a training loop) only the batch shapes and the
+            hyper-parameters are checked in Python; the kernel still checks dtypes, shapes, devices and (CPU) ids,
+            raising RuntimeError.
 
     Returns:
         [S] float64, each batch's loss :math:`L_s` (detached; [1] for one batch).
     """
     users, pos, neg, weight = _batches(users, pos, neg, weight)
     _check_hyper(reg_weight, lr, beta1, beta2, eps, weight_decay)
-    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
-        check.floating(name, t)
-        if t.dtype not in (torch.float32, torch.float64) or t.dim() != 2:
-            raise TypeError(f"`{name}` must be a 2-D float32 or float64 table, got {t.dtype} {tuple(t.shape)}")
-    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
-    for table_name, table, states in (("user_emb", user_emb, (("user_exp_avg", user_exp_avg),
-                                                                ("user_exp_avg_sq", user_exp_avg_sq))),
-                                      ("item_emb", item_emb, (("item_exp_avg", item_exp_avg),
-                                                              ("item_exp_avg_sq", item_exp_avg_sq)))):
-        for name, state in states:
-            if state.shape != table.shape or state.dtype != table.dtype:
-                raise ValueError(f"`{name}` must be shaped like `{table_name}` {tuple(table.shape)} with dtype "
-                                 f"{table.dtype}, got {state.dtype} {tuple(state.shape)}")
-    for name, step in (("user_step", user_step), ("item_step", item_step)):
-        check.floating(name, step)
-        if step.numel() != 1:
-            raise ValueError(f"`{name}` must hold one element (Adam's step count), got shape {tuple(step.shape)}")
-    if weight is not None:
-        check.floating("weight", weight)
-        check.same_dtype(("user_emb", user_emb), ("weight", weight))
-    named = [("user_emb", user_emb), ("item_emb", item_emb), ("user_exp_avg", user_exp_avg),
-             ("user_exp_avg_sq", user_exp_avg_sq), ("item_exp_avg", item_exp_avg),
-             ("item_exp_avg_sq", item_exp_avg_sq), ("user_step", user_step), ("item_step", item_step),
-             ("users", users), ("pos", pos), ("neg", neg)] + ([("weight", weight)] if weight is not None else [])
-    check.same_device(*named)
     if validate or not has_op("bpr_adam_step"):
-        check.id_range("users", users, user_emb.shape[0], "user id")
-        check.id_range("pos", pos, item_emb.shape[0], "item id")
-        check.id_range("neg", neg, item_emb.shape[0], "item id")
-        if weight is not None:
-            check.finite("weight", weight)
+        _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
+                     item_step, users, pos, neg, weight)
     args = (user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
             users, pos, neg, weight, float(reg_weight), bool(sigmoid_scores), float(lr), float(beta1), float(beta2),
             float(eps), float(weight_decay))

@@ -1,5 +1,6 @@
 """FairNeg module and its baselines: draws vs oracle (chi-square), G-BCE update by hand, bad input, resume,
 2-process DDP parity."""
+import csv
 from pathlib import Path
 
 import lightning as L
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from scipy.stats import chisquare
 from test_fairneg_sampler import oracle_probs
 from toy_data import write_toy_dataset
@@ -187,6 +189,19 @@ def test_mean_score_reg_penalty(tmp_path):
     g = dm.item_group[batch["pos"]]
     gap = s[g == 0].mean() - s[g == 1].mean() if (g == 0).any() and (g == 1).any() else torch.tensor(0.0)
     torch.testing.assert_close(m.training_loss(batch), BPR.training_loss(m, batch) + 0.3 * gap**2)
+
+
+def test_group_diagnostics_reach_the_logger(tmp_path, dm):
+    m = module(dm)
+    trainer(tmp_path, max_epochs=2, logger=CSVLogger(tmp_path, name="log", version=0)).fit(m, dm)
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    groups = range(dm.num_item_groups)
+    p_rows = [r for r in rows if r["fairneg/p_g0"]]
+    np.testing.assert_allclose([float(p_rows[-1][f"fairneg/p_g{a}"]) for a in groups], m.p.numpy())
+    share = [r for r in rows if r["fairneg/neg_share_g0"]][-1]
+    assert sum(float(share[f"fairneg/neg_share_g{a}"]) for a in groups) == pytest.approx(1.0)
+    assert sum(1 for r in rows if r["fairneg/gbce_g0"]) == 1  # the outer update runs once, at the start of epoch 2
 
 
 # ----------------------------------------------------------------------------------------- resume, DDP

@@ -1,13 +1,15 @@
-"""`fused_step=True` (fairlit.ops.bpr_adam_step) trains what autograd + Adam train: BPR, FairNeg and DNS, over
-several Lightning steps of several batches, checkpoint resume, and clear errors where it does not apply."""
+"""`fused_step=True` (fairlit.ops.bpr_adam_step) trains what autograd + Adam train: BPR, FairNeg, DNS, FairDual
+and a reweighting baseline, over several Lightning steps of several batches, checkpoint resume, and clear errors
+where it does not apply."""
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+import test_fairdual_method as fairdual_data
 from test_fairneg_method import datamodule, make_data, module, trainer
 
-from fairlit.methods import BPR, DNS, FairNeg, MeanScoreReg
-from fairlit.models import LightGCN
+from fairlit.methods import BPR, DNS, DPR, DRO, SDRO, FairDual, FairNeg, MeanScoreReg
+from fairlit.models import MF, LightGCN
 
 
 def fit(root, dm, cls, epochs=2, double=False, **kwargs):
@@ -36,6 +38,28 @@ def test_fused_training_equals_autograd_training(tmp_path, cls, kwargs):
                                    rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls, kwargs", [
+    (FairDual, {}), (FairDual, dict(preset="fairdiverse", bpr_on_sigmoid=True, reg_weight=0.01)), (SDRO, {})])
+def test_fused_weighted_training_equals_autograd_training(tmp_path, cls, kwargs):
+    # The sample weights (FairDual: from μ, whose dual step reads the batch's user vectors) and the method state
+    # they update follow the same trajectory; 2 batches per Lightning step.
+    dm = fairdual_data.datamodule(fairdual_data.make_data(tmp_path), batch_size=16, batches_per_step=2)
+    models = []
+    for fused in (False, True):
+        L.seed_everything(0)
+        args = dict(num_users=dm.num_users, num_items=dm.num_items, num_item_groups=dm.num_item_groups, ks=[5],
+                    fused_step=fused)
+        if cls is FairDual:
+            args |= dict(num_samples=20, topk=5, beta=3, eta=0.05, lam=0.5)
+        m = cls(lambda u, i: MF(u, i, dim=8, init_std=0.1), **(args | kwargs)).double()
+        fairdual_data.trainer(tmp_path / str(fused), max_epochs=2, precision="64-true").fit(m, dm)
+        models.append(m)
+    plain, fused = models
+    assert fused.trainer.global_step == plain.trainer.global_step >= 4
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-9, atol=1e-9, msg=name)
+
+
 def test_fused_float32_training_stays_close(tmp_path):
     dm = datamodule(make_data(tmp_path), batch_size=16)
     plain, fused = fit(tmp_path / "a", dm, FairNeg), fit(tmp_path / "b", dm, FairNeg, fused_step=True)
@@ -60,6 +84,11 @@ def test_resume_continues_identically(tmp_path):
     (lambda dm: BPR(lambda u, i: LightGCN(u, i, dim=8), num_users=dm.num_users, num_items=dm.num_items,
                     fused_step=True), "the backbone is LightGCN, not MF"),
     (lambda dm: module(dm, MeanScoreReg, fused_step=True), "MeanScoreReg changes BPR's loss"),
+    (lambda dm: module(dm, DPR, fused_step=True), "DPR: it has its own training_step"),
+    (lambda dm: module(dm, DRO, fused_step=True, reg_weight=0.0), "DRO changes the weighted-mean objective"),
+    (lambda dm: FairDual(lambda u, i: MF(u, i, dim=8), num_users=dm.num_users, num_items=dm.num_items,
+                         num_item_groups=dm.num_item_groups, num_samples=5, topk=2, loss="ce", fused_step=True),
+     "loss='ce' is not BPR"),
 ])
 def test_unsupported_models_are_refused(tmp_path, make, match):
     dm = datamodule(make_data(tmp_path), item_group_genres=["Sci-Fi", "Horror"])

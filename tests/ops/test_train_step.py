@@ -182,3 +182,11 @@ def test_bad_input_names_the_argument(change, error, message):
 def test_kernel_checks_ids_without_validation():
     with pytest.raises(RuntimeError, match="`neg` contains id 9; expected ids in \\[0, 4\\)"):
         _call(neg=torch.tensor([[0], [9]]), validate=False)
+
+
+@pytest.mark.skipif(not HAS_OP, reason="kernel checks need the compiled library")
+def test_kernel_checks_state_without_validation():
+    with pytest.raises(RuntimeError, match="`item_exp_avg` must be a contiguous Float tensor shaped like `item_emb`"):
+        _call(item_exp_avg=torch.zeros(5, 2), validate=False)
+    with pytest.raises(RuntimeError, match="`weight` dtype must match the tables"):
+        _call(weight=torch.ones(2, dtype=torch.float64), validate=False)
