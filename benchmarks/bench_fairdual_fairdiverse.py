@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.p
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from harness import markdown_table, time_ms, write_section  # noqa: E402
+from harness import EpochClock, markdown_table, time_ms, write_section  # noqa: E402
 
 from fairlit.data import Prepared, RecDataModule  # noqa: E402
 
@@ -240,19 +240,6 @@ def fairdiverse_split(work: Path) -> FairDiverseSplit:
         torch.tensor(lists["pos_length"].to_numpy(np.int64)))
 
 
-class EpochClock(L.Callback):
-    """Wall time of each training epoch (evaluation excluded)."""
-
-    def __init__(self):
-        self.seconds = []
-
-    def on_train_epoch_start(self, *_):
-        self.t = time.perf_counter()
-
-    def on_train_epoch_end(self, *_):
-        self.seconds.append(time.perf_counter() - self.t)
-
-
 def fit_on_fairdiverse_split(make_model, split: FairDiverseSplit, epochs: int, seed: int, batch_size: int = 64,
                              batches_per_step: int = 1) -> dict:
     """Train ``make_model(dm, N)`` on FairDiverse's processed split for ``epochs`` epochs (timed), then test it
@@ -360,8 +347,7 @@ def main() -> None:
         projection = projection_table(python)
         print(projection)
         if args.out:
-            with open(args.out, "a") as f:
-                f.write(f"\n{projection}\n")
+            write_section(args.out, "bench_projection_cvxpy", projection)
     if args.projection_only:
         return
     write_fairdiverse_data(args.work)

@@ -1,11 +1,11 @@
-"""Benchmark every group_segment / ranking / projection / sparse op against its reference and the best native
-composition.
+"""Benchmark every group_segment / ranking / projection / train_step / sparse op against its reference and the best
+native composition.
 
     python benchmarks/bench_ops.py [--quick] [--out docs/benchmarks.md]
 
 One run times, per case: fairlit's op, `fairlit.ops.reference`, and native PyTorch alternatives
 (`index_add_`, `scatter_reduce`, `segment_reduce`, one-hot matmul; gather-bmm; dense matmul + topk; matmul + topk +
-`index_add_` for FairDual's dual signal; torch's sparse COO `torch.sparse.mm`, which RecBole's LightGCN uses, and
+`index_add_` for FairDual's dual signal; autograd + torch's fused Adam for a BPR-MF training step; torch's sparse COO `torch.sparse.mm`, which RecBole's LightGCN uses, and
 sparse CSR matmul). The projection's native alternative is its reference (sort + cumsum).
 Ratios are "time of X / time of fairlit" (> 1: fairlit is faster). Implementations are checked to agree
 before they are timed. CUDA rows are added when a GPU is visible.
@@ -116,6 +116,34 @@ def dual_signal_impls(user, item, sampled, k, group_ids, group_weights, g):
             "reference": lambda: reference.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights,
                                                                     g),
             "matmul+topk+index_add": composition}
+
+
+def train_step_impls(num_users, num_items, d, users, pos, neg, device):
+    """S BPR-MF steps with Adam: the fused op, its reference, and autograd + torch's fused Adam per batch. Each
+    implementation steps its own copy of the tables and state (equal at the start)."""
+    gen = torch.Generator().manual_seed(0)
+    tables = [torch.randn(r, d, generator=gen).to(device) * 0.1 for r in (num_users, num_items)]
+
+    def state():
+        return [t.clone() for t in tables] + [torch.zeros_like(t) for t in (tables[0],) * 2 + (tables[1],) * 2] + [
+            torch.zeros((), device=device), torch.zeros((), device=device)]
+
+    fused, ref = state(), state()
+    P, Q = (torch.nn.Parameter(t.clone()) for t in tables)
+    adam = torch.optim.Adam([P, Q], lr=1e-3, fused=True)
+
+    def autograd_adam():
+        for s in range(users.shape[0]):
+            adam.zero_grad()
+            pu = P[users[s]]
+            scores = (pu.unsqueeze(1) * Q[torch.cat([pos[s, :, None], neg[s]], 1)]).sum(-1)
+            F.softplus(scores[:, 1:] - scores[:, :1]).mean().backward()
+            adam.step()
+
+    return {"fairlit": lambda: ops.bpr_adam_step(*fused, users, pos, neg, validate=False),
+            "reference": lambda: reference.bpr_adam_step(*ref, users, pos, neg, None, 0.0, False, 1e-3, 0.9, 0.999,
+                                                         1e-8, 0.0),
+            "autograd + fused Adam": autograd_adam}, (fused, ref, (P, Q))
 
 
 def symmetric_graph(users, items, edges, device):
@@ -272,6 +300,24 @@ def run(device: str, quick: bool) -> str:
                     + markdown_table(header_pj, [r[:5] + r[6:] for r in rows]))
 
     rows = []
+    for m, n, d, b, steps in ([(943, 1682, 32, 64, 1), (943, 1682, 32, 64, 16), (6040, 3706, 64, 1024, 1)]
+                              if not quick else [(943, 1682, 32, 64, 1)]):
+        users = torch.randint(0, m, (steps, b), device=device)
+        pos, neg = torch.randint(0, n, (steps, b), device=device), torch.randint(0, n, (steps, b, 1), device=device)
+        impls, (fused, ref, params) = train_step_impls(m, n, d, users, pos, neg, device)
+        for name in impls:                                  # one call each from the same state: they agree
+            impls[name]()
+        for got in (ref[:2], params):
+            for a, b_ in zip(fused[:2], got):
+                torch.testing.assert_close(a, b_.detach(), rtol=1e-4, atol=1e-5)
+        print(f"[{device}] bpr_adam_step users={m} items={n} d={d} B={b} S={steps}")
+        rows.append(row((f"{m} x {n}", d, b, steps), measure(impls, device, t)))
+    header_ts = ["users x items", "d", "B", "S"] + header[3:6] + header[7:]
+    sections.append("#### `bpr_adam_step` (S BPR-MF steps with Adam per call, one negative per row; the native "
+                    "alternative is autograd + `torch.optim.Adam(fused=True)` per batch)\n\n"
+                    + markdown_table(header_ts, [r[:7] + r[8:] for r in rows]))
+
+    rows = []
     graphs = [(6_033, 3_123, 700_000), (100_000, 50_000, 5_000_000)] if not quick else [(6_033, 3_123, 700_000)]
     for users, items, edges in graphs:
         adj = symmetric_graph(users, items, edges, device)
@@ -297,7 +343,7 @@ def main() -> None:
     for device in args.devices:
         text = run(device, args.quick)
         print(text)
-        write_section(args.out, f"bench_ops {device}", "## Ops: group_segment, ranking, projection and sparse\n\n"
+        write_section(args.out, f"bench_ops {device}", "## Ops: group_segment, ranking, projection, train_step and sparse\n\n"
                       "`python benchmarks/bench_ops.py` — ratios are time(X) / time(fairlit): above 1 means "
                       "fairlit is faster. Memory = extra peak during one call.\n\n" + text)
 

