@@ -43,6 +43,24 @@ inline C10_HOST_DEVICE acc_t stable_sigmoid(acc_t x) {
   return e / (acc_t(1) + e);
 }
 
+// One (positive, negative) pair of the BPR loss softplus(f(s_neg) - f(s_pos)), f the identity or the sigmoid
+// (train_step kernels, both devices): the softplus argument and the loss's derivatives w.r.t. the raw scores.
+template <typename scalar_t>
+struct BprPairTerms {
+  scalar_t diff, d_neg, d_pos;
+};
+
+template <typename scalar_t>
+inline C10_HOST_DEVICE BprPairTerms<scalar_t> bpr_pair_terms(scalar_t s_pos, scalar_t s_neg, bool sigmoid_scores) {
+  if (!sigmoid_scores) {
+    const scalar_t g = stable_sigmoid(s_neg - s_pos);
+    return {s_neg - s_pos, g, -g};
+  }
+  const scalar_t sp = stable_sigmoid(s_pos), sn = stable_sigmoid(s_neg);
+  const scalar_t g = stable_sigmoid(sn - sp);
+  return {sn - sp, g * sn * (scalar_t(1) - sn), -g * sp * (scalar_t(1) - sp)};
+}
+
 // Validation shared by the group_segment kernels (both devices).
 inline void check_group_inputs(const at::Tensor& values, const at::Tensor& groups, int64_t num_groups,
                                const char* values_name) {

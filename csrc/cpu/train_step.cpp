@@ -50,18 +50,7 @@ double batch_gradient(const scalar_t* P, const scalar_t* Q, const int64_t* users
       const scalar_t* qn = Q + item * d;
       scalar_t s_neg = 0;
       for (int64_t k = 0; k < d; ++k) s_neg += pu[k] * qn[k];
-      scalar_t diff, dneg, dpos;
-      if (sigmoid_scores) {
-        const scalar_t sp = stable_sigmoid(s_pos), sn = stable_sigmoid(s_neg);
-        diff = sn - sp;
-        const scalar_t g = stable_sigmoid(diff);
-        dneg = g * sn * (scalar_t(1) - sn);
-        dpos = -g * sp * (scalar_t(1) - sp);
-      } else {
-        diff = s_neg - s_pos;
-        dneg = stable_sigmoid(diff);
-        dpos = -dneg;
-      }
+      const auto [diff, dneg, dpos] = bpr_pair_terms(s_pos, s_neg, sigmoid_scores);
       row_loss += static_cast<double>(stable_softplus(diff));
       const scalar_t c = w * inv_bm * dneg;  // d loss / d s_neg
       ds_pos += w * inv_bm * dpos;

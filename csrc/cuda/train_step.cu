@@ -55,18 +55,7 @@ __global__ void __launch_bounds__(kThreads) bpr_gradient_kernel(
       if (item < 0 || item >= num_items) continue;
       const scalar_t* qn = Q + item * d;
       const scalar_t s_neg = warp_dot(pu, qn, d, lane);
-      scalar_t diff, dneg, dpos;
-      if (sigmoid_scores) {
-        const scalar_t sp = stable_sigmoid(s_pos), sn = stable_sigmoid(s_neg);
-        diff = sn - sp;
-        const scalar_t g = stable_sigmoid(diff);
-        dneg = g * sn * (scalar_t(1) - sn);
-        dpos = -g * sp * (scalar_t(1) - sp);
-      } else {
-        diff = s_neg - s_pos;
-        dneg = stable_sigmoid(diff);
-        dpos = -dneg;
-      }
+      const auto [diff, dneg, dpos] = bpr_pair_terms(s_pos, s_neg, sigmoid_scores);
       row_loss += static_cast<double>(stable_softplus(diff));
       const scalar_t c = w * inv_bm * dneg;
       ds_pos += w * inv_bm * dpos;
