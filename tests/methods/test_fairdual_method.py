@@ -1,4 +1,5 @@
 """FairDual module: FairDiverse two-step trace, bad input, NaN safety, bit-identical resume, DDP parity."""
+import csv
 from pathlib import Path
 
 import lightning as L
@@ -121,6 +122,19 @@ def test_num_train_rows_defaults_to_the_data_and_an_explicit_value_is_kept(tmp_p
         model = module(dm, num_train_rows=given)
         trainer(tmp_path, max_steps=1).fit(model, datamodule=dm)
         assert model.num_train_rows == expected
+
+
+def test_dual_diagnostics_reach_the_logger(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = datamodule(make_data(tmp_path), batch_size=16)
+    m = module(dm)
+    trainer(tmp_path, log_every_n_steps=1, logger=CSVLogger(tmp_path, name="log", version=0)).fit(m, dm)
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["dual/mu_min"]]
+    assert len(rows) == m.trainer.global_step                      # one row per step at log_every_n_steps=1
+    np.testing.assert_allclose([float(rows[-1]["dual/mu_min"]), float(rows[-1]["dual/mu_max"])],
+                               [float(m.mu.min()), float(m.mu.max())], rtol=1e-6)
 
 
 def test_no_nan_when_weights_vanish():
