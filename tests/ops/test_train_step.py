@@ -106,6 +106,14 @@ def test_s_batches_in_one_call_equal_s_calls():
         assert torch.equal(a, b)
 
 
+def test_zero_batches_change_nothing():
+    state = make_state(4, 5, 3, torch.float32, seed=0, steps=2)
+    before = [t.clone() for t in state]
+    none = torch.zeros(0, 6, dtype=torch.long)
+    losses = ops.bpr_adam_step(*state, none, none, none[..., None])
+    assert losses.shape == (0,) and all(torch.equal(a, b) for a, b in zip(state, before))
+
+
 @pytest.mark.skipif(not HAS_OP, reason="opcheck needs the compiled library")
 def test_opcheck():
     state = make_state(6, 7, 4, torch.float32, seed=0, steps=3)
