@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args, cli_args = parser.parse_known_args()
     cli = FairlitCLI(RecModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                     save_config_callback=None,
                      args=cli_args + ["--trainer.max_epochs", str(args.epochs), "--trainer.limit_val_batches", "0",
                                       "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false"])
     clock = EpochClock()
