@@ -311,9 +311,10 @@ class RecModule(L.LightningModule):
                                    si["exp_avg_sq"], su["step"], si["step"], users, pos, neg, weight,
                                    reg_weight=reg_weight, sigmoid_scores=sigmoid_scores, lr=group["lr"], beta1=beta1,
                                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], validate=False)
-        optimizer = self.optimizers()
-        for loss in losses:
-            self.log_training_loss(loss, users.shape[-1])
+        optimizer, first, every = self.optimizers(), self.global_step, self.trainer.log_every_n_steps
+        for s in range(len(losses)):
+            if (first + s) % every == 0:  # log_training_loss acts on these steps only: skip the calls in between
+                self.log_training_loss(losses[s], users.shape[-1])
             optimizer._on_before_step()   # Lightning's progress tracking: global_step counts each batch
             optimizer._on_after_step()
         return losses

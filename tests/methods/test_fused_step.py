@@ -1,10 +1,13 @@
 """`fused_step=True` (fairlit.ops.bpr_adam_step) trains what autograd + Adam train: BPR, FairNeg, DNS, FairDual
 and a reweighting baseline, over several Lightning steps of several batches, checkpoint resume, and clear errors
 where it does not apply."""
+import csv
+
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 import test_fairdual_method as fairdual_data
 from test_fairneg_method import datamodule, make_data, module, trainer
 
@@ -58,6 +61,22 @@ def test_fused_weighted_training_equals_autograd_training(tmp_path, cls, kwargs)
     assert fused.trainer.global_step == plain.trainer.global_step >= 4
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_fused_training_logs_the_loss_at_the_same_steps(tmp_path):
+    dm = datamodule(make_data(tmp_path), batch_size=16, batches_per_step=3)
+    logged = []
+    for fused in (False, True):
+        L.seed_everything(0)
+        logger = CSVLogger(tmp_path, name=str(fused), version=0)
+        trainer(tmp_path, max_epochs=2, log_every_n_steps=2, logger=logger, precision="64-true").fit(
+            module(dm, FairNeg, fused_step=fused).double(), dm)
+        with open(tmp_path / str(fused) / "version_0" / "metrics.csv") as f:
+            logged.append({int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]})
+    plain, fused = logged
+    assert sorted(fused) == sorted(plain) and len(plain) >= 3
+    for step, value in plain.items():
+        assert fused[step] == pytest.approx(value, rel=1e-9)
 
 
 def test_fused_float32_training_stays_close(tmp_path):
