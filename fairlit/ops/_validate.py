@@ -43,6 +43,19 @@ def ndim(name: str, t: torch.Tensor, allowed: tuple[int, ...], shape_doc: str) -
         raise ValueError(f"`{name}` must be {shape_doc}, got shape {tuple(t.shape)}")
 
 
+def embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, user_doc: str = "[B, d]",
+               item_doc: str = "[I, d]") -> None:
+    """A pair of embedding tables: floating, 2-D, one dtype and device, the same width d."""
+    floating("user_emb", user_emb)
+    floating("item_emb", item_emb)
+    ndim("user_emb", user_emb, (2,), user_doc)
+    ndim("item_emb", item_emb, (2,), item_doc)
+    same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
+    same_device(("user_emb", user_emb), ("item_emb", item_emb))
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
+
+
 def positive_int(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")

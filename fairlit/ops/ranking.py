@@ -10,17 +10,6 @@ from . import reference
 from ._library import has_op
 
 
-def _check_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
-    check.floating("user_emb", user_emb)
-    check.floating("item_emb", item_emb)
-    check.ndim("user_emb", user_emb, (2,), "[B, d]")
-    check.ndim("item_emb", item_emb, (2,), "[I, d]")
-    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
-    check.same_device(("user_emb", user_emb), ("item_emb", item_emb))
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
-
-
 def _check_candidates(candidates: torch.Tensor, user_emb: torch.Tensor, num_items: int, validate: bool) -> None:
     check.index("candidates", candidates)
     check.same_device(("user_emb", user_emb), ("candidates", candidates))
@@ -46,7 +35,7 @@ def score_candidates(user_emb: torch.Tensor, item_emb: torch.Tensor, candidates:
         [B, C] scores in the embedding dtype (float32 accumulation for half). Differentiable in both
         embeddings; repeated item ids accumulate their gradients.
     """
-    _check_embeddings(user_emb, item_emb)
+    check.embeddings(user_emb, item_emb)
     _check_candidates(candidates, user_emb, item_emb.shape[0], validate)
     if has_op("score_candidates"):
         return torch.ops.fairlit.score_candidates(user_emb, item_emb, candidates)
@@ -71,7 +60,7 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
         (values [B, k], indices [B, k] int64 item ids): descending scores, ties to the lower item id;
         where fewer than k items are eligible the tail is (-inf, -1). Not differentiable.
     """
-    _check_embeddings(user_emb, item_emb)
+    check.embeddings(user_emb, item_emb)
     check.positive_int("k", k)
     num_items = item_emb.shape[0]
     if candidates is not None:
@@ -127,7 +116,7 @@ def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sam
         row_consumed [B, G] float64, or [0, G] when ``per_row`` is False). Order: score descending, NaN
         first (as ``torch.sort``), ties to the earlier position in ``sampled``. Not differentiable.
     """
-    _check_embeddings(user_emb, item_emb)
+    check.embeddings(user_emb, item_emb)
     check.index("sampled", sampled)
     check.ndim("sampled", sampled, (1,), "[Q]")
     check.positive_int("k", k)

@@ -50,13 +50,10 @@ def _check_hyper(reg_weight: float, lr: float, beta1: float, beta2: float, eps: 
 def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
                  users, pos, neg, weight) -> None:
     """Dtypes, shapes and devices of the tables and Adam's state, ids against the tables, finite weights."""
-    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
-        check.floating(name, t)
-        if t.dtype not in (torch.float32, torch.float64) or t.dim() != 2:
-            raise TypeError(f"`{name}` must be a 2-D float32 or float64 table, got {t.dtype} {tuple(t.shape)}")
-    check.same_dtype(("user_emb", user_emb), ("item_emb", item_emb))
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
+    check.floating("user_emb", user_emb)
+    if user_emb.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`user_emb` must be a 2-D float32 or float64 table, got {user_emb.dtype}")
+    check.embeddings(user_emb, item_emb, "[m, d]", "[n, d]")
     for table_name, table, states in (("user_emb", user_emb, (("user_exp_avg", user_exp_avg),
                                                                 ("user_exp_avg_sq", user_exp_avg_sq))),
                                       ("item_emb", item_emb, (("item_exp_avg", item_exp_avg),
