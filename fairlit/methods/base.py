@@ -75,6 +75,16 @@ class FusedAdam(torch.optim.Adam):
 
     step.hooked = True  # keeps Optimizer.__init__ from wrapping it in the per-call wrapper it exists to skip
 
+    def state_of(self, p: Tensor) -> dict:
+        """p's Adam state, created as ``Adam.step`` would on its first call if p has none yet (fused layout: a
+        float32 step counter on p's device, zero moments)."""
+        state = self.state[p]
+        if "step" not in state:
+            state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+        return state
+
 
 class RecModule(L.LightningModule):
     """Base module: subclasses implement `training_loss(batch)` (or `training_step`, stepping with `optimizer_update`).
@@ -300,12 +310,7 @@ class RecModule(L.LightningModule):
         [S] and advances Lightning's step counter by S."""
         tables = (self.backbone.user_embedding.weight, self.backbone.item_embedding.weight)
         group = adam.param_groups[0]
-        for p in tables:  # Adam's own state layout (fused: float32 step on the parameter's device)
-            if "step" not in adam.state[p]:
-                adam.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                                     exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                                     exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
-        su, si = adam.state[tables[0]], adam.state[tables[1]]
+        su, si = (adam.state_of(p) for p in tables)
         beta1, beta2 = group["betas"]
         losses = ops.bpr_adam_step(tables[0], tables[1], su["exp_avg"], su["exp_avg_sq"], si["exp_avg"],
                                    si["exp_avg_sq"], su["step"], si["step"], users, pos, neg, weight,
