@@ -50,14 +50,13 @@ class BPR(RecModule):
         loss_changed = type(self).training_loss is not BPR.training_loss
         adam = self.fused_optimizer([f"{type(self).__name__} changes BPR's loss (training_loss)"] if loss_changed
                                     else [])
-        runs = [[part] for part in parts]
-        if not self.negatives_follow_model():
-            runs = [[parts[0]]]
-            for part in parts[1:]:
-                if part["user"].shape == runs[-1][0]["user"].shape:
-                    runs[-1].append(part)
-                else:
-                    runs.append([part])
+        share = not self.negatives_follow_model()
+        runs = []
+        for part in parts:
+            if share and runs and part["user"].shape == runs[-1][0]["user"].shape:
+                runs[-1].append(part)
+            else:
+                runs.append([part])
         for run in runs:
             # One negatives call for the run's S * B rows (a row's negatives never depend on its batch here).
             joined = run[0] if len(run) == 1 else {key: torch.cat([p[key] for p in run]) for key in run[0]}
