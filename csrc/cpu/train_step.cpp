@@ -125,14 +125,10 @@ at::Tensor bpr_adam_step_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Ten
       at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, weight_decay, eps,
                        /*amsgrad=*/false, /*maximize=*/false);
       if (s + 1 == S) break;
-      if (weight_decay != 0.0) {  // Adam may have written the decayed gradient back into the scratch tables
-        grad_user.zero_();
-        grad_item.zero_();
-      } else {
-        zero_rows(grad_user.data_ptr<scalar_t>(), u + s * B, B, d);
-        zero_rows(grad_item.data_ptr<scalar_t>(), p + s * B, B, d);
-        zero_rows(grad_item.data_ptr<scalar_t>(), n + s * B * M, B * M, d);
-      }
+      // Fused Adam only reads the gradients (no grad_scale is passed): the batch's rows are all it left non-zero.
+      zero_rows(grad_user.data_ptr<scalar_t>(), u + s * B, B, d);
+      zero_rows(grad_item.data_ptr<scalar_t>(), p + s * B, B, d);
+      zero_rows(grad_item.data_ptr<scalar_t>(), n + s * B * M, B * M, d);
     }
   });
   return losses;
