@@ -18,10 +18,12 @@ class BPR(RecModule):
 
     Args:
         reg_weight: λ (LightGCN: 1e-4 in RecBole's defaults; 0 for BPR-MF).
+        bpr_on_sigmoid: FairDiverse parity (its BPR model scores σ(ŷ), so its loss is softplus(σ(ŷ⁻) − σ(ŷ⁺))):
+            BPR on σ(ŷ) instead of raw scores.
         **kwargs: `RecModule` arguments.
     """
 
-    def __init__(self, *args, reg_weight: float = 0.0, **kwargs):
+    def __init__(self, *args, reg_weight: float = 0.0, bpr_on_sigmoid: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
 
@@ -37,6 +39,8 @@ class BPR(RecModule):
         users, pos = batch["user"], batch["pos"]
         neg = self.negatives(batch)
         scores = self.score(batch, torch.cat([pos.unsqueeze(1), neg], 1))          # [B, 1 + M]
+        if self.hparams.bpr_on_sigmoid:
+            scores = torch.sigmoid(scores)
         zeros = torch.zeros_like(users)
         loss_sum, _ = ops.group_bpr_loss(scores[:, 0], scores[:, 1:], zeros, 1, validate=False)
         loss = loss_sum[0] / len(users)
@@ -63,5 +67,6 @@ class BPR(RecModule):
             shape = (len(run), len(run[0]["user"]))
             losses = self.fused_bpr_update(adam, joined["user"].view(shape), joined["pos"].view(shape),
                                            self.negatives(joined).view(*shape, -1),
-                                           reg_weight=self.hparams.reg_weight)
+                                           reg_weight=self.hparams.reg_weight,
+                                           sigmoid_scores=self.hparams.bpr_on_sigmoid)
         return losses[-1]

@@ -15,7 +15,7 @@ from test_fairneg_sampler import oracle_probs
 from toy_data import write_toy_dataset
 
 from fairlit.data import RecDataModule
-from fairlit.methods import DNS, BPR, FairNeg, FairStatic, MeanScoreReg
+from fairlit.methods import BPR, DNS, FairNeg, FairStatic, MeanScoreReg
 from fairlit.methods._fairneg_sampler import draw_stacked, stacked_cdf
 from fairlit.models import MF
 
@@ -176,6 +176,20 @@ def test_dns_trains_on_hardest_candidate(dm):
     hardest = batch["neg"].gather(1, scores.argmax(1, keepdim=True))
     want = BPR.training_loss(m, {**batch, "neg": hardest})
     torch.testing.assert_close(m.training_loss(batch), want)
+
+
+def test_bpr_on_sigmoid_loss_by_hand(dm):
+    # FairDiverse's BPR model scores σ(ŷ): loss = mean_b mean_m softplus(σ(ŷ⁻) − σ(ŷ⁺)) + λ·reg.
+    m = module(dm, BPR, bpr_on_sigmoid=True)
+    batch = {"user": torch.tensor([0, 1, 2]), "pos": torch.tensor([1, 2, 3]),
+             "neg": torch.tensor([[4, 5], [6, 7], [8, 9]])}
+    user, item = m.backbone.user_embedding.weight, m.backbone.item_embedding.weight
+    pos = torch.sigmoid((user[batch["user"]] * item[batch["pos"]]).sum(1))
+    neg = torch.sigmoid((user[batch["user"], None] * item[batch["neg"]]).sum(2))
+    reg = m.backbone.regularization(batch["user"], batch["pos"], batch["neg"])
+    want = torch.log1p(torch.exp(neg - pos[:, None])).mean() + 0.05 * reg
+    torch.testing.assert_close(m.training_loss(batch), want)
+    assert not torch.allclose(module(dm, BPR).training_loss(batch), want)
 
 
 def test_mean_score_reg_penalty(tmp_path):

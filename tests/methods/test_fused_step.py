@@ -5,10 +5,10 @@ import csv
 
 import lightning as L
 import pytest
+import test_fairdual_method as fairdual_data
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-import test_fairdual_method as fairdual_data
 from test_fairneg_method import datamodule, make_data, module, trainer
 
 from fairlit.methods import BPR, DNS, DPR, DRO, SDRO, FairDual, FairNeg, MeanScoreReg
@@ -24,7 +24,8 @@ def fit(root, dm, cls, epochs=2, double=False, **kwargs):
     return m
 
 
-@pytest.mark.parametrize("cls, kwargs", [(BPR, {}), (FairNeg, {}), (FairNeg, dict(imp_refresh="batch")), (DNS, {})])
+@pytest.mark.parametrize("cls, kwargs", [(BPR, {}), (FairNeg, {}), (FairNeg, dict(imp_refresh="batch")), (DNS, {}),
+                                         (FairNeg, dict(bpr_on_sigmoid=True))])
 def test_fused_training_equals_autograd_training(tmp_path, cls, kwargs):
     # 3 batches per Lightning step over 5 batches per epoch: runs of 3 and of 2 (the short last batch alone).
     dm_kwargs = dict(batch_size=27, batches_per_step=3) | (dict(num_negatives=3) if cls is DNS else {})
