@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fairdual_fairdiverse import fairdiverse_split, fit_on_fairdiverse_split  # noqa: E402
-from bench_fairneg_fairdiverse import fairneg  # noqa: E402
+from bench_fairneg_fairdiverse import fairneg, uns  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -51,16 +51,10 @@ def profile(work: Path) -> None:
 
 def horizon(work: Path) -> None:
     """NDCG@20 / Recall-Disp@20 (%) of plain BPR and FairNeg after 6 and 20 epochs, seeds 0-2, one split."""
-    from fairlit.methods import BPR
-    from fairlit.models import MF
-
-    def uns(dm, _n, _seed):
-        return BPR(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
-                   num_item_groups=dm.num_item_groups, ks=[5, 10, 20], lr=1e-3, fused_step=True)
-
     split = fairdiverse_split(work)
     for epochs in (6, 20):
-        for name, make in (("UNS", uns), ("FairNeg", lambda dm, n, s: fairneg(dm, n, s, True))):
+        for name, make in (("UNS", lambda dm, n, s: uns(dm, n, s, True)),
+                           ("FairNeg", lambda dm, n, s: fairneg(dm, n, s, True))):
             runs = [fit_on_fairdiverse_split(lambda dm, n, s=seed: make(dm, n, s), split, epochs, seed, 64, 16)["test"]
                     for seed in SEEDS]
             ndcg, disp = ([100 * r[m] for r in runs] for m in ("ndcg@20", "recall_disp@20"))
