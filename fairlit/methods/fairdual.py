@@ -181,7 +181,7 @@ class FairDual(WeightedLoss):
         if self._logging_step():
             self.log_diagnostics(dict(zip(("dual/s_mean", "dual/s_min", "dual/s_clamped"), torch.stack([
                 weights.mean(), weights.min(), (weights <= self.hparams.s_min).to(weights.dtype).mean()]).tolist())))
-        return weights.to(out.loss.dtype)
+        return weights.to(out.user.dtype)
 
     def _update(self, consumed: Tensor, batch_rows: Tensor) -> None:
         """Dual step from the all-reduced D [G] and global batch size (every rank applies the same)."""

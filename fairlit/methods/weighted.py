@@ -5,7 +5,8 @@ Every method of FairDual's comparison (spec §5) trains ``L = (1/B) Σ_b w_b ℓ
 detached sample weights w_b (reweighting) or a regulariser R. `ItemGroupTable` holds the item-group
 adjacency Â they all read.
 """
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -75,14 +76,25 @@ class ItemGroupTable(nn.Module):
             0, group.flatten(), contrib.flatten())
 
 
-@dataclass
 class Forward:
-    """One training forward: ``loss [B]`` (ℓ_b), ``user [B, d]``, ``items [I, d]``, ``pos_score [B]``."""
+    """One training forward: the towers ``user [B, d]`` and ``items [I, d]``, and from them, computed on first
+    use, ``loss [B]`` (ℓ_b) and ``pos_score [B]``. Weights that read only the towers (FairDual's) thereby skip
+    the scoring in `fused_step` training, where the loss itself is computed inside `ops.bpr_adam_step`."""
 
-    loss: Tensor
-    user: Tensor
-    items: Tensor
-    pos_score: Tensor
+    def __init__(self, user: Tensor, items: Tensor, losses: Callable[[], tuple[Tensor, Tensor]]):
+        self.user, self.items, self._losses = user, items, losses
+
+    @cached_property
+    def _values(self) -> tuple[Tensor, Tensor]:
+        return self._losses()
+
+    @property
+    def loss(self) -> Tensor:
+        return self._values[0]
+
+    @property
+    def pos_score(self) -> Tensor:
+        return self._values[1]
 
 
 class WeightedLoss(RecModule):
@@ -120,18 +132,21 @@ class WeightedLoss(RecModule):
         self.groups = ItemGroupTable(indptr, indices, weights, self.hparams.num_item_groups).to(self.device)
 
     def forward_losses(self, batch: dict[str, Tensor]) -> Forward:
-        """Per-sample losses ℓ [B] and the tower outputs they came from (spec §2.2)."""
+        """The tower outputs and (on first use) the per-sample losses ℓ [B] from them (spec §2.2)."""
         user, items = self.encode(batch)
+        return Forward(user, items, lambda: self.sample_losses(batch, user, items))
+
+    def sample_losses(self, batch: dict[str, Tensor], user: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """ℓ [B] and the positive's score ŷ⁺ [B] from the towers ``user [B, d]``, ``items [I, d]``."""
         pos = batch["pos"]
         if self.hparams.loss == "ce":
             logits = user @ items.T                                              # [B, I]
-            return Forward(F.cross_entropy(logits, pos, reduction="none"), user, items,
-                           logits.gather(1, pos[:, None]).squeeze(1))
+            return F.cross_entropy(logits, pos, reduction="none"), logits.gather(1, pos[:, None]).squeeze(1)
         scores = ops.score_candidates(user, items, torch.cat([pos[:, None], batch["neg"].view(len(pos), -1)], 1),
                                       validate=False)                            # [B, 1 + M]
         if self.hparams.bpr_on_sigmoid:
             scores = torch.sigmoid(scores)
-        return Forward(F.softplus(scores[:, 1:] - scores[:, :1]).mean(1), user, items, scores[:, 0])
+        return F.softplus(scores[:, 1:] - scores[:, :1]).mean(1), scores[:, 0]
 
     def sample_weights(self, batch: dict[str, Tensor], out: Forward) -> Tensor | None:
         """Detached weights w [B]; None means all ones. Stateful methods update their state here."""
@@ -154,19 +169,19 @@ class WeightedLoss(RecModule):
         return loss
 
     def fused_training_step(self, parts: list[dict[str, Tensor]]) -> Tensor:
-        """`fused_step` training: per batch, the forward without autograd (ℓ and the towers for `sample_weights`,
-        which may update method state as in the autograd path), then one `fused_bpr_update` with w."""
+        """`fused_step` training: per batch, without autograd, the towers and `sample_weights` (which may update
+        method state as in the autograd path, and computes ℓ only if it reads it), then one `fused_bpr_update`
+        with w."""
         name, cls = type(self).__name__, type(self)
         changed = [f"{name} changes the weighted-mean objective ({fn})" for fn in
-                   ("objective", "regularizer", "training_loss", "forward_losses")
+                   ("objective", "regularizer", "training_loss", "forward_losses", "sample_losses")
                    if getattr(cls, fn) is not getattr(WeightedLoss, fn)]
         if self.hparams.loss != "bpr":
             changed.append(f"loss={self.hparams.loss!r} is not BPR")
         adam = self.fused_optimizer(changed)
         for part in parts:
-            with torch.no_grad():
-                out = self.forward_losses(part)
-            weights = self.sample_weights(part, out)
+            with torch.no_grad():  # ℓ is computed here only if sample_weights reads it
+                weights = self.sample_weights(part, self.forward_losses(part))
             losses = self.fused_bpr_update(adam, part["user"], part["pos"], part["neg"].view(len(part["pos"]), -1),
                                            weights, reg_weight=self.hparams.reg_weight,
                                            sigmoid_scores=self.hparams.bpr_on_sigmoid)

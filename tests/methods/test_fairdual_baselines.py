@@ -22,8 +22,8 @@ def build(cls, **kwargs):
 
 def forward(loss, pos_score=None):
     n = len(loss)
-    return Forward(torch.tensor(loss), torch.zeros(n, 4), torch.zeros(6, 4),
-                   torch.zeros(n) if pos_score is None else torch.tensor(pos_score))
+    return Forward(torch.zeros(n, 4), torch.zeros(6, 4),
+                   lambda: (torch.tensor(loss), torch.zeros(n) if pos_score is None else torch.tensor(pos_score)))
 
 
 POS = torch.tensor([0, 1, 2, 4])  # groups 0, 0, 1, 2
@@ -40,7 +40,7 @@ def test_dro_worst_group_is_the_max_group_loss():
 def test_dro_chi2_has_a_learnable_dual():
     model = build(DRO, mode="chi2", chi2_radius=0.5)
     loss = torch.tensor(LOSS, requires_grad=True)
-    value = model.objective({"pos": POS}, Forward(loss, None, None, None))
+    value = model.objective({"pos": POS}, Forward(None, None, lambda: (loss, None)))
     value.backward()
     assert torch.isclose(value, math.sqrt(2) * torch.tensor(LOSS).pow(2).mean().sqrt())  # η = 0
     assert model.dro_eta.grad is not None

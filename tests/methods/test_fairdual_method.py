@@ -41,6 +41,10 @@ def trainer(root: Path, **kwargs) -> L.Trainer:
     return L.Trainer(**(args | kwargs))
 
 
+def losses_not_read():
+    raise AssertionError("FairDual's weights read only the towers: fused_step training must not score the batch")
+
+
 # ----------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, match", [
     (dict(lam=-0.1), "lam"), (dict(eta=0.0), "eta"), (dict(num_samples=31), "num_samples"),
@@ -94,7 +98,7 @@ def test_fairdiverse_preset_matches_hand_computed_two_step_trace():
     for t, users in enumerate([torch.tensor([0, 1, 2]), torch.tensor([3, 4, 0, 2])]):
         user_vecs, item_vecs = model.backbone.encode(users)
         batch = {"user": users, "pos": torch.zeros_like(users)}
-        out = Forward(torch.zeros(len(users)), user_vecs, item_vecs, torch.zeros(len(users)))
+        out = Forward(user_vecs, item_vecs, losses_not_read)
         weights = model.sample_weights(batch, out).detach().numpy()
         sampled = torch.randperm(num_items, generator=torch.Generator().manual_seed(t))[:q].numpy()
         scores = user_vecs.detach().numpy() @ item_vecs.detach().numpy()[sampled].T
@@ -145,7 +149,7 @@ def test_no_nan_when_weights_vanish():
     model.on_train_epoch_start()
     users = torch.tensor([0, 1])
     u, i = model.backbone.encode(users)
-    out = Forward(torch.ones(2), u, i, torch.zeros(2))
+    out = Forward(u, i, losses_not_read)
     weights = model.sample_weights({"user": users, "pos": torch.tensor([0, 1])}, out)  # Σ bw = 0 (μ = 0)
     assert torch.isfinite(weights).all() and torch.isfinite(model.mu).all()
     model.hparams.weight_mode = "target_group"
