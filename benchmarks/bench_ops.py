@@ -118,6 +118,30 @@ def dual_signal_impls(user, item, sampled, k, group_ids, group_weights, g):
             "matmul+topk+index_add": composition}
 
 
+def dual_mirror_impls(g, device):
+    """Each impl applies one dual update to its own copy of one state and returns (mu, gmom, gamma)."""
+    gen = torch.Generator().manual_seed(0)
+    rho = torch.rand(g, generator=gen, dtype=torch.float64) + 0.1
+    share = torch.rand(g, generator=gen, dtype=torch.float64)
+    start = [torch.randn(g, generator=gen, dtype=torch.float64), torch.zeros(g, dtype=torch.float64), rho.clone(),
+             share / share.sum(), torch.tensor(64 / 72_270, dtype=torch.float64), rho, g * rho / rho.sum()]
+    start = [x.to(device) for x in start]
+    lam, eta, alpha = 2.0, 0.01, 0.2
+
+    def torch_ops(mu, gmom, gamma, d, fraction, rho, mhat):  # FairDual's update before the op
+        gamma.sub_(fraction * d)
+        gmom.mul_(1 - alpha).add_(alpha * (gamma - d))
+        mu.copy_(ops.dual_projection(mu - eta * (gmom / mhat.pow(2)), mhat, lam, validate=False))
+
+    def impl(fn):
+        state = [x.clone() for x in start]
+        return lambda: (fn(*state), state[:3])[1]
+
+    return {"fairlit": impl(lambda *s: ops.dual_mirror_step(*s, lam, eta, alpha, validate=False)),
+            "reference": impl(lambda *s: reference.dual_mirror_step(*s, lam, eta, alpha, True, True)),
+            "torch ops + dual_projection": impl(torch_ops)}
+
+
 def train_step_impls(num_users, num_items, d, users, pos, neg, device):
     """S BPR-MF steps with Adam: the fused op, its reference, and autograd + torch's fused Adam per batch. Each
     implementation steps its own copy of the tables and state (equal at the start)."""
@@ -298,6 +322,21 @@ def run(device: str, quick: bool) -> str:
     sections.append("#### `dual_projection` (forward, weighted metric, λ = 2, float64: FairDual's projection; the "
                     "reference is the torch composition FairDual used before, sort + cumsum)\n\n"
                     + markdown_table(header_pj, [r[:5] + r[6:] for r in rows]))
+
+    rows = []
+    for g in (18, 1000) if not quick else (18,):
+        impls = dual_mirror_impls(g, device)
+        states = [impl() for impl in impls.values()]    # one call each from the same state: they agree
+        for got in states[1:]:
+            for a, b_ in zip(states[0], got):
+                torch.testing.assert_close(a, b_)
+        print(f"[{device}] dual_mirror_step G={g}")
+        rows.append(row((g,), measure(impls, device, t)))
+    header_dm = ["G"] + header[3:6] + header[7:]
+    sections.append("#### `dual_mirror_step` (FairDual's dual update after a batch: budget, momentum, mirror step, "
+                    "projection; float64, weighted metric; the native alternative is the torch ops + "
+                    "`dual_projection` call FairDual ran before)\n\n"
+                    + markdown_table(header_dm, [r[:4] + r[5:] for r in rows]))
 
     rows = []
     for m, n, d, b, steps in ([(943, 1682, 32, 64, 1), (943, 1682, 32, 64, 16), (6040, 3706, 64, 1024, 1)]

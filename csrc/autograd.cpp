@@ -1,6 +1,6 @@
 // Autograd kernels registered in C++ for the ops on every training step: score_candidates and group_bpr_loss
-// (every BPR step), dual_projection (every FairDual step) and bpr_adam_step (an optimizer step, which has no
-// derivative: its kernel only refuses to run where autograd would have to record it). A formula registered from Python
+// (every BPR step), dual_projection (every FairDual step), bpr_adam_step and dual_mirror_step (state updates with no
+// derivative: their kernels only refuse to run where autograd would have to record them). A formula registered from Python
 // (torch.library.register_autograd) runs ~50-70 µs of interpreter code per op per step (wrapping, argument
 // filling, the backward closure), which is more than the kernels themselves in a small-model CPU step; these
 // are the same formulas in C++. The other ops keep their Python formulas (fairlit/ops/<family>.py). Forward
@@ -149,10 +149,28 @@ at::Tensor bpr_adam_step_autograd(at::Tensor& user_emb, at::Tensor& item_emb, at
                  users, pos, neg, weight, reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay);
 }
 
+// dual_mirror_step updates FairDual's dual state in place (a descent step on the dual, no derivative is defined
+// through it): refused under grad mode when the state requires grad, otherwise the device kernel.
+void dual_mirror_step_autograd(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, const at::Tensor& share,
+                               const at::Tensor& batch_fraction, const at::Tensor& rho, const at::Tensor& mhat,
+                               double lam, double eta, double alpha, bool weighted, bool remaining) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fairlit::dual_mirror_step", "")
+                       .typed<decltype(dual_mirror_step_autograd)>();
+  TORCH_CHECK(!at::GradMode::is_enabled() ||
+                  !(mu.requires_grad() || gmom.requires_grad() || gamma.requires_grad() || share.requires_grad() ||
+                    batch_fraction.requires_grad()),
+              "fairlit: dual_mirror_step updates the dual state in place (no derivative); call it under "
+              "torch.no_grad() (fairlit.ops.dual_mirror_step does)");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.call(mu, gmom, gamma, share, batch_fraction, rho, mhat, lam, eta, alpha, weighted, remaining);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, Autograd, m) {
   m.impl("bpr_adam_step", &bpr_adam_step_autograd);
+  m.impl("dual_mirror_step", &dual_mirror_step_autograd);
   m.impl("score_candidates", &score_candidates_autograd);
   m.impl("group_bpr_loss", &group_bpr_loss_autograd);
   m.impl("dual_projection", &dual_projection_autograd);

@@ -214,6 +214,31 @@ inline void check_projection_grad(const at::Tensor& grad, const at::Tensor& mu) 
   check_same_device(mu, grad, "mu", "grad");
 }
 
+// Validation shared by the dual_mirror_step kernels (both devices): the state mu, gmom, gamma (contiguous, updated
+// in place) and share, rho, mhat all [G] of one float32/float64 dtype and device, batch_fraction one element.
+// Values (mhat > 0, lam >= 0, eta > 0, alpha in (0, 1]) are the wrapper's job; the CPU kernel checks mhat > 0.
+inline void check_dual_mirror_inputs(const at::Tensor& mu, const at::Tensor& gmom, const at::Tensor& gamma,
+                                     const at::Tensor& share, const at::Tensor& batch_fraction, const at::Tensor& rho,
+                                     const at::Tensor& mhat) {
+  check_float(mu, "mu");
+  TORCH_CHECK(mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble,
+              "fairlit: dual_mirror_step needs float32 or float64 state, got ", mu.scalar_type());
+  check_dim(mu, 1, "mu");
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{gmom, "gmom"}, {gamma, "gamma"},
+                                {share, "share"}, {rho, "rho"}, {mhat, "mhat"}}) {
+    TORCH_CHECK(t.sizes() == mu.sizes() && t.scalar_type() == mu.scalar_type(), "fairlit: `", name,
+                "` must be a ", mu.scalar_type(), " tensor shaped like `mu` ", mu.sizes(), ", got ", t.scalar_type(),
+                " ", t.sizes());
+    check_same_device(mu, t, "mu", name);
+  }
+  TORCH_CHECK(mu.is_contiguous() && gmom.is_contiguous() && gamma.is_contiguous(),
+              "fairlit: `mu`, `gmom` and `gamma` (updated in place) must be contiguous");
+  TORCH_CHECK(batch_fraction.numel() == 1 && batch_fraction.scalar_type() == mu.scalar_type(),
+              "fairlit: `batch_fraction` must be one ", mu.scalar_type(), " element, got ",
+              batch_fraction.scalar_type(), " ", batch_fraction.sizes());
+  check_same_device(mu, batch_fraction, "mu", "batch_fraction");
+}
+
 // Validation shared by the train_step kernels (both devices): the two tables [m, d] / [n, d] (float32 or
 // float64, contiguous) with Adam's moments of the same shape and step counters (one element each), batches
 // users / pos [S, B] and neg [S, B, M] (int64), optional weight [S, B]; one device. Ids are checked by the

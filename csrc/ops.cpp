@@ -29,6 +29,9 @@ TORCH_LIBRARY(fairlit, m) {
   // projection family (spec fairdual §2.5 / §7 K3): rows of mu [R, G] onto M = {x : sum_g mhat_g min(x_g, 0) >= -lam_r}.
   m.def("dual_projection(Tensor mu, Tensor mhat, Tensor lam, bool weighted) -> Tensor");
   m.def("dual_projection_backward(Tensor grad, Tensor mu, Tensor mhat, Tensor lam, bool weighted) -> (Tensor, Tensor)");
+  // FairDual's momentum mirror step on its [G] state, in place (Alg. 1 lines 12-14): gamma -= f * d (remaining
+  // budget), g = alpha * (gamma - d or rho - d) + (1 - alpha) * g, mu = Proj_M(mu - eta * g / mhat^2 (or g)).
+  m.def("dual_mirror_step(Tensor(a!) mu, Tensor(b!) gmom, Tensor(c!) gamma, Tensor share, Tensor batch_fraction, Tensor rho, Tensor mhat, float lam, float eta, float alpha, bool weighted, bool remaining) -> ()");
   // soft_sort family: neuralsort -> P [B, k, N]; soft_rank_gain -> (out [B], lse [B, k], dots [B, k]), where
   // lse/dots are the per-row softmax statistics the backward reuses (flash-attention style recompute).
   m.def("neuralsort(Tensor scores, float tau, int k) -> Tensor");

@@ -1,5 +1,6 @@
 // CPU kernels of the projection family: dual_projection (+ backward), FairDual's projection of each row of
-// mu [R, G] onto M_r = {x : sum_g mhat_g min(x_g, 0) >= -lam_r} (spec fairdual §2.5).
+// mu [R, G] onto M_r = {x : sum_g mhat_g min(x_g, 0) >= -lam_r} (spec fairdual §2.5), and dual_mirror_step,
+// FairDual's whole dual update (momentum mirror step, then that projection) on its [G] state.
 //
 // Per row: the entries with v_g < 0 (v = mhat * mu for "weighted", v = mu for "euclid") get the key
 // b = -v (weighted) or b / mhat (euclid, b = -mu) and are sorted by key, descending. Prefix sums of the
@@ -133,6 +134,16 @@ std::vector<acc_t> to_acc(const at::Tensor& t) {
   return std::vector<acc_t>(p, p + t.numel());
 }
 
+// Projects one row xr [G] into out [G] (out may not alias xr).
+template <typename scalar_t, typename acc_t, bool kWeighted>
+void project_row(const scalar_t* xr, const acc_t* m, int64_t groups, acc_t lam, std::vector<Entry<acc_t>>& e,
+                 scalar_t* out) {
+  const RowSolution<acc_t> s = solve_row<scalar_t, acc_t, kWeighted>(xr, m, groups, lam, e);
+  for (int64_t g = 0; g < groups; ++g) {
+    out[g] = static_cast<scalar_t>(project_entry<acc_t, kWeighted>(static_cast<acc_t>(xr[g]), m[g], s.theta));
+  }
+}
+
 template <typename scalar_t, typename acc_t, bool kWeighted>
 void forward_rows(const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor& lam, at::Tensor& out) {
   const int64_t rows = mu.size(0), groups = mu.size(1);
@@ -144,13 +155,8 @@ void forward_rows(const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor
     std::vector<Entry<acc_t>> e;
     e.reserve(static_cast<size_t>(groups));
     for (int64_t row = r0; row < r1; ++row) {
-      const scalar_t* xr = x + row * groups;
-      const RowSolution<acc_t> s =
-          solve_row<scalar_t, acc_t, kWeighted>(xr, m.data(), groups, static_cast<acc_t>(l[row]), e);
-      for (int64_t g = 0; g < groups; ++g) {
-        o[row * groups + g] =
-            static_cast<scalar_t>(project_entry<acc_t, kWeighted>(static_cast<acc_t>(xr[g]), m[g], s.theta));
-      }
+      project_row<scalar_t, acc_t, kWeighted>(x + row * groups, m.data(), groups, static_cast<acc_t>(l[row]), e,
+                                              o + row * groups);
     }
   });
 }
@@ -236,11 +242,58 @@ std::tuple<at::Tensor, at::Tensor> dual_projection_backward_cpu(const at::Tensor
   return {grad_mu, grad_lam};
 }
 
+// dual_mirror_step: FairDual's momentum mirror step (spec fairdual §2.3, Alg. 1 lines 12-14) on the [G] state in
+// place, operation by operation in the state's dtype as fairlit.ops.reference.dual_mirror_step (torch rounds each
+// of those elementwise ops the same way), then the projection of the one row onto M as dual_projection.
+void dual_mirror_step_cpu(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, const at::Tensor& share,
+                          const at::Tensor& batch_fraction, const at::Tensor& rho, const at::Tensor& mhat, double lam,
+                          double eta, double alpha, bool weighted, bool remaining) {
+  check_dual_mirror_inputs(mu, gmom, gamma, share, batch_fraction, rho, mhat);
+  const at::Tensor d = share.contiguous(), r = rho.contiguous(), m = mhat.contiguous(), f = batch_fraction.contiguous();
+  check_mhat_positive(m);
+  const int64_t groups = mu.size(0);
+  if (groups == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "fairlit_dual_mirror_step_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* x = mu.data_ptr<scalar_t>();
+    scalar_t* g = gmom.data_ptr<scalar_t>();
+    scalar_t* budget = gamma.data_ptr<scalar_t>();
+    const scalar_t* ds = d.data_ptr<scalar_t>();
+    const scalar_t* rs = r.data_ptr<scalar_t>();
+    const scalar_t* ms = m.data_ptr<scalar_t>();
+    const scalar_t fraction = f.data_ptr<scalar_t>()[0];
+    const scalar_t keep = static_cast<scalar_t>(1.0 - alpha), a = static_cast<scalar_t>(alpha);
+    const scalar_t step_size = static_cast<scalar_t>(eta);
+    std::vector<scalar_t> tilde(static_cast<size_t>(groups));
+    for (int64_t k = 0; k < groups; ++k) {
+      scalar_t grad;
+      if (remaining) {
+        budget[k] = budget[k] - fraction * ds[k];
+        grad = budget[k] - ds[k];
+      } else {
+        grad = rs[k] - ds[k];
+      }
+      g[k] = g[k] * keep + a * grad;
+      const scalar_t step = weighted ? g[k] / (ms[k] * ms[k]) : g[k];
+      tilde[k] = x[k] - step_size * step;
+    }
+    const std::vector<acc_t> mh = to_acc<acc_t, scalar_t>(m);
+    std::vector<Entry<acc_t>> e;
+    e.reserve(static_cast<size_t>(groups));
+    if (weighted) {
+      project_row<scalar_t, acc_t, true>(tilde.data(), mh.data(), groups, static_cast<acc_t>(lam), e, x);
+    } else {
+      project_row<scalar_t, acc_t, false>(tilde.data(), mh.data(), groups, static_cast<acc_t>(lam), e, x);
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, CPU, m) {
   m.impl("dual_projection", &dual_projection_cpu);
   m.impl("dual_projection_backward", &dual_projection_backward_cpu);
+  m.impl("dual_mirror_step", &dual_mirror_step_cpu);
 }
 
 }  // namespace fairlit

@@ -1,5 +1,6 @@
 // CUDA kernels of the projection family: dual_projection (+ backward), FairDual's projection of each row of
-// mu [R, G] onto M_r = {x : sum_g mhat_g min(x_g, 0) >= -lam_r} (spec fairdual §2.5). The math (keys,
+// mu [R, G] onto M_r = {x : sum_g mhat_g min(x_g, 0) >= -lam_r} (spec fairdual §2.5), and dual_mirror_step
+// (FairDual's momentum mirror step on its [G] state, then that projection). The math (keys,
 // prefix sums, active count r, theta, gradients) is the one of csrc/cpu/projection.cpp.
 //
 // Parallel plan: one block per row (rows loop with a grid stride). No float atomics: the result depends on
@@ -362,11 +363,59 @@ std::tuple<at::Tensor, at::Tensor> dual_projection_backward_cuda(const at::Tenso
   return {grad_mu, grad_lam};
 }
 
+// dual_mirror_step: the elementwise momentum mirror step (the math of csrc/cpu/projection.cpp) writes mu - eta *
+// step into a [1, G] buffer, then the projection kernel above writes its row into mu: two launches, no host sync.
+template <typename scalar_t>
+__global__ void mirror_step_kernel(const scalar_t* __restrict__ mu, scalar_t* __restrict__ gmom,
+                                   scalar_t* __restrict__ gamma, const scalar_t* __restrict__ share,
+                                   const scalar_t* __restrict__ fraction, const scalar_t* __restrict__ rho,
+                                   const scalar_t* __restrict__ mhat, int64_t groups, scalar_t keep, scalar_t alpha,
+                                   scalar_t eta, bool weighted, bool remaining, scalar_t* __restrict__ tilde) {
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < groups;
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    scalar_t grad;
+    if (remaining) {
+      const scalar_t budget = gamma[k] - fraction[0] * share[k];
+      gamma[k] = budget;
+      grad = budget - share[k];
+    } else {
+      grad = rho[k] - share[k];
+    }
+    const scalar_t g = gmom[k] * keep + alpha * grad;
+    gmom[k] = g;
+    tilde[k] = mu[k] - eta * (weighted ? g / (mhat[k] * mhat[k]) : g);
+  }
+}
+
+void dual_mirror_step_cuda(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, const at::Tensor& share,
+                           const at::Tensor& batch_fraction, const at::Tensor& rho, const at::Tensor& mhat, double lam,
+                           double eta, double alpha, bool weighted, bool remaining) {
+  check_dual_mirror_inputs(mu, gmom, gamma, share, batch_fraction, rho, mhat);
+  c10::cuda::CUDAGuard guard(mu.device());
+  const int64_t groups = mu.size(0);
+  if (groups == 0) return;
+  const at::Tensor d = share.contiguous(), r = rho.contiguous(), m = mhat.contiguous(), f = batch_fraction.contiguous();
+  at::Tensor tilde = at::empty({1, groups}, mu.options());
+  constexpr int kThreads = 256;
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "fairlit_dual_mirror_step_cuda", [&] {
+    mirror_step_kernel<scalar_t><<<cuda::blocks_for(groups, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        mu.data_ptr<scalar_t>(), gmom.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
+        f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), groups,
+        static_cast<scalar_t>(1.0 - alpha), static_cast<scalar_t>(alpha), static_cast<scalar_t>(eta), weighted,
+        remaining, tilde.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor out = mu.view({1, groups});
+  at::Tensor unused;
+  launch<false>(tilde, m, at::full({1}, lam, mu.options()), at::Tensor(), weighted, out, unused);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, CUDA, m) {
   m.impl("dual_projection", &dual_projection_cuda);
   m.impl("dual_projection_backward", &dual_projection_backward_cuda);
+  m.impl("dual_mirror_step", &dual_mirror_step_cuda);
 }
 
 }  // namespace fairlit

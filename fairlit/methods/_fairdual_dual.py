@@ -1,4 +1,4 @@
-"""FairDual's dual state and its momentum mirror-descent step (spec §2.3 lines 11–14), as a pure function.
+"""FairDual's dual-step constants and its momentum mirror-descent step (spec §2.3 lines 11–14), as a function.
 
 Kept apart from the LightningModule so that tests and the Jensen-gap simulation (spec §8) run the exact
 update the training loop runs.
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fairlit.methods._fairdual_projection import project_dual
+from fairlit.ops import dual_mirror_step
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,17 @@ class DualConfig:
 
 def dual_step(mu: Tensor, gmom: Tensor, gamma: Tensor, consumed: Tensor, batch_fraction: Tensor | float,
               rho: Tensor, mhat: Tensor, cfg: DualConfig) -> Tensor:
-    r"""One dual update; updates ``gmom`` and ``gamma`` in place and returns the new μ.
+    r"""One dual update, in place on ``mu``, ``gmom`` and ``gamma``; returns ``mu``.
 
     .. math::
         γ ← γ − \tfrac{B}{N} d, \quad \tilde g = −d + γ, \quad g ← α\tilde g + (1−α) g, \quad
         μ ← \mathrm{Proj}_M\big(μ − η\, g / \hat m^2\big)
 
-    (Alg. 1 lines 12–14 / Eq. 8–9, budget subtracted before the gradient as in the code, spec §9 #4).
+    (Alg. 1 lines 12–14 / Eq. 8–9, budget subtracted before the gradient as in the code, spec §9 #4), computed
+    by `fairlit.ops.dual_mirror_step` (one call; no value checks, no host sync).
 
     Args:
-        mu: [G] current duals.
+        mu: [G] current duals (updated).
         gmom: [G] momentum buffer (in place).
         gamma: [G] remaining budget (in place; untouched for ``target="constant"``).
         consumed: [G] d, this batch's per-slot group share D / (B·K).
@@ -50,13 +51,7 @@ def dual_step(mu: Tensor, gmom: Tensor, gamma: Tensor, consumed: Tensor, batch_f
         cfg: step constants.
 
     Returns:
-        [G] projected duals.
+        ``mu``, projected.
     """
-    if cfg.target == "remaining":
-        gamma.sub_(batch_fraction * consumed)
-        grad = gamma - consumed
-    else:
-        grad = rho - consumed
-    gmom.mul_(1 - cfg.alpha).add_(cfg.alpha * grad)
-    step = gmom / mhat.pow(2) if cfg.metric == "weighted" else gmom
-    return project_dual(mu - cfg.eta * step, mhat, cfg.lam, cfg.metric)
+    return dual_mirror_step(mu, gmom, gamma, consumed, batch_fraction, rho, mhat, cfg.lam, cfg.eta, cfg.alpha,
+                            cfg.metric, cfg.target, validate=False)

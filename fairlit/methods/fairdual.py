@@ -189,9 +189,8 @@ class FairDual(WeightedLoss):
             raise RuntimeError("FairDual needs the number of training rows N: fit with a RecDataModule")
         batch_rows = batch_rows.clamp(min=1)
         share = consumed / (batch_rows * self.hparams.topk)                      # d: Σ_g d_g = 1 for exposure
-        new_mu = dual_step(self.mu, self.gmom, self.gamma, share, batch_rows / self.num_train_rows, self.rho,
-                           self.mhat, self.cfg)
-        self.mu.copy_(new_mu)
+        dual_step(self.mu, self.gmom, self.gamma, share, batch_rows / self.num_train_rows, self.rho, self.mhat,
+                  self.cfg)
         self.batch_counter += 1
         self._t += 1
         if self._logging_step():  # neg_mass = -λ when the projection was active

@@ -1,4 +1,5 @@
-"""FairDual's projection onto its dual feasible set: `dual_projection` (spec fairdual §2.5 / §7 K3).
+"""FairDual's projection onto its dual feasible set, `dual_projection` (spec fairdual §2.5 / §7 K3), and its
+whole dual update around it, `dual_mirror_step` (§2.3).
 
 Kernels: csrc/cpu/projection.cpp, csrc/cuda/projection.cu. One fused pass per row (sort the negative
 entries, prefix sums, active count, shift θ) replaces the ~15 small torch ops of the reference. Rows are
@@ -11,6 +12,7 @@ from . import reference
 from ._library import has_op
 
 METRICS = ("weighted", "euclid")
+TARGETS = ("remaining", "constant")
 
 
 def _check_values(mu: torch.Tensor, mhat: torch.Tensor, lam: torch.Tensor | None) -> None:
@@ -97,6 +99,80 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: float | torch.Ten
     return out if mu.dim() == 2 else out.reshape(mu.shape)
 
 
+def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, share: torch.Tensor,
+                     batch_fraction: float | torch.Tensor, rho: torch.Tensor, mhat: torch.Tensor, lam: float,
+                     eta: float, alpha: float, metric: str = "weighted", target: str = "remaining", *,
+                     validate: bool = True) -> torch.Tensor:
+    r"""FairDual's dual update after a batch, in place on its state (spec fairdual §2.3, Alg. 1 lines 12–14,
+    Eq. 8–9; the budget is charged before the gradient, as in the code, spec §9 #4):
+
+    .. math::
+        γ ← γ − f\,d, \quad \tilde g = −d + γ, \quad g ← α\tilde g + (1−α) g, \quad
+        μ ← \mathrm{Proj}_M\big(μ − η\, g / \hat m^2\big)
+
+    with ``target="constant"`` :math:`\tilde g = −d + ρ` (γ untouched) and ``metric="euclid"`` the step
+    :math:`−η g` and the Euclidean projection (`dual_projection`). One call replaces the ~10 small torch ops of
+    this update and the projection call: two kernels, no host sync.
+
+    Args:
+        mu: [G] duals μ (float32 or float64, contiguous), updated in place.
+        gmom: [G] momentum g, updated in place.
+        gamma: [G] remaining budget γ, updated in place (only read with ``target="remaining"``).
+        share: [G] d, the batch's per-slot group share D / (B·K).
+        batch_fraction: f = B / N, the batch's share of an epoch: a float or a one-element tensor (no sync).
+        rho: [G] budget shares ρ (the constant target).
+        mhat: [G] weights m̂ > 0 of M and of the mirror metric.
+        lam: λ ≥ 0, radius of M.
+        eta: η > 0, dual step size.
+        alpha: α ∈ (0, 1], weight of the new gradient in the momentum.
+        metric: ``"weighted"`` or ``"euclid"``.
+        target: ``"remaining"`` or ``"constant"``.
+        validate: check values (m̂ > 0, finite d, μ, g, γ and f; a host sync on CUDA). Shapes, dtypes, devices
+            and the Python numbers are always checked.
+
+    Returns:
+        `mu` (updated). No derivative: under grad mode with state that requires grad it raises.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
+    for name, value, ok, doc in (("lam", lam, lam >= 0, ">= 0"), ("eta", eta, eta > 0, "> 0"),
+                                 ("alpha", alpha, 0 < alpha <= 1, "in (0, 1]")):
+        if not ok:  # also rejects NaN
+            raise ValueError(f"`{name}` must be {doc}, got {value!r}")
+    check.floating("mu", mu)
+    if mu.dtype not in (torch.float32, torch.float64) or mu.dim() != 1:
+        raise ValueError(f"`mu` must be a [G] float32 or float64 tensor, got {mu.dtype} {tuple(mu.shape)}")
+    named = (("gmom", gmom), ("gamma", gamma), ("share", share), ("rho", rho), ("mhat", mhat))
+    for name, t in named:
+        check.floating(name, t)
+        if t.shape != mu.shape:
+            raise ValueError(f"`{name}` must be [G] like `mu` {tuple(mu.shape)}, got {tuple(t.shape)}")
+    check.same_dtype(("mu", mu), *named)
+    if not isinstance(batch_fraction, torch.Tensor):
+        batch_fraction = torch.tensor(float(batch_fraction), dtype=mu.dtype, device=mu.device)
+    check.floating("batch_fraction", batch_fraction)
+    if batch_fraction.numel() != 1:
+        raise ValueError(f"`batch_fraction` must be a float or one element, got shape {tuple(batch_fraction.shape)}")
+    check.same_dtype(("mu", mu), ("batch_fraction", batch_fraction))
+    check.same_device(("mu", mu), *named, ("batch_fraction", batch_fraction))
+    if validate and not torch.compiler.is_compiling():
+        for name, t in (("mu", mu), ("gmom", gmom), ("gamma", gamma), ("share", share),
+                        ("batch_fraction", batch_fraction)):
+            check.finite(name, t)
+        if not bool((mhat > 0).all()):
+            raise ValueError(f"`mhat` must be > 0 (and not NaN), got min {mhat.min().item()!r}")
+    args = (mu, gmom, gamma, share, batch_fraction, rho, mhat, float(lam), float(eta), float(alpha),
+            metric == "weighted", target == "remaining")
+    with torch.no_grad():
+        if has_op("dual_mirror_step"):
+            torch.ops.fairlit.dual_mirror_step(*args)
+        else:
+            reference.dual_mirror_step(*args)
+    return mu
+
+
 def _register() -> None:
     # Fake (meta) kernels let torch.compile trace the ops without running them.
     @torch.library.register_fake("fairlit::dual_projection")
@@ -106,6 +182,10 @@ def _register() -> None:
     @torch.library.register_fake("fairlit::dual_projection_backward")
     def _(grad, mu, mhat, lam, weighted):
         return mu.new_empty(mu.shape), lam.new_empty(lam.shape)
+
+    @torch.library.register_fake("fairlit::dual_mirror_step")  # updates its state in place (schema), returns ()
+    def _(mu, gmom, gamma, share, batch_fraction, rho, mhat, lam, eta, alpha, weighted, remaining):
+        return None
 
     # The autograd formula is registered in C++ (csrc/autograd.cpp: FairDual projects every step, and a Python
     # formula costs more than the kernel). The projection is piecewise linear. Holding the active set fixed,

@@ -241,6 +241,23 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: torch.Tensor, wei
     return out.to(mu.dtype)
 
 
+def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, share: torch.Tensor,
+                     batch_fraction: torch.Tensor, rho: torch.Tensor, mhat: torch.Tensor, lam: float, eta: float,
+                     alpha: float, weighted: bool, remaining: bool) -> None:
+    """FairDual's dual update on [G] state, in place (spec fairdual §2.3, Alg. 1 lines 12-14, Eq. 8-9):
+    γ ← γ − f·d, g̃ = γ − d (``remaining``; else ρ − d), g ← α g̃ + (1 − α) g, μ ← Proj_M(μ − η g / m̂²) (``weighted``;
+    else μ − η g), with d = `share`, f = `batch_fraction` (one element)."""
+    if remaining:
+        gamma.sub_(batch_fraction.reshape(()) * share)
+        grad = gamma - share
+    else:
+        grad = rho - share
+    gmom.mul_(1 - alpha).add_(alpha * grad)
+    step = gmom / mhat.pow(2) if weighted else gmom
+    lam_row = torch.full((1,), lam, dtype=mu.dtype, device=mu.device)
+    mu.copy_(dual_projection((mu - eta * step).unsqueeze(0), mhat, lam_row, weighted).squeeze(0))
+
+
 def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
                   user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
                   user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,

@@ -1,4 +1,5 @@
-"""dual_projection vs fairlit.ops.reference (values and gradients), opcheck, torch.compile, bad inputs.
+"""dual_projection and dual_mirror_step vs fairlit.ops.reference (values, gradients), opcheck, torch.compile,
+bad inputs.
 
 The properties of the projection itself (feasibility, idempotence, the QP oracle) are tested through
 `project_dual` in tests/methods/test_fairdual_projection.py.
@@ -206,3 +207,125 @@ def test_kernel_checks_shapes_and_mhat():
         torch.ops.fairlit.dual_projection(mu, torch.ones(3), torch.ones(2), True)
     with pytest.raises(RuntimeError, match="`grad` must have the shape"):
         torch.ops.fairlit.dual_projection_backward(torch.ones(2), mu, torch.ones(3), lam, False)
+
+
+# ------------------------------------------------------------------------------ dual_mirror_step
+TARGETS = ("remaining", "constant")
+
+
+def mirror_state(groups, seed, dtype=torch.float64, device="cpu"):
+    """(mu, gmom, gamma, share, batch_fraction, rho, mhat) of a FairDual-like state [G]."""
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(groups, generator=gen, dtype=torch.float64)
+    gmom = torch.randn(groups, generator=gen, dtype=torch.float64) * 0.1
+    rho = torch.rand(groups, generator=gen, dtype=torch.float64) + 0.1
+    gamma = rho * torch.rand(groups, generator=gen, dtype=torch.float64)
+    share = torch.rand(groups, generator=gen, dtype=torch.float64)
+    share = share / share.sum()
+    mhat = torch.rand(groups, generator=gen, dtype=torch.float64) * 2 + 0.25
+    fraction = torch.rand((), generator=gen, dtype=torch.float64) * 0.1
+    return tuple(t.to(dtype).to(device) for t in (mu, gmom, gamma, share, fraction, rho, mhat))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("target", TARGETS)
+@given(groups=st.one_of(st.integers(1, 40), st.sampled_from([1000, 1500])), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64]), lam=st.sampled_from([0.0, 1e-3, 0.5, 2.0, 1e6]),
+       eta=st.sampled_from([1e-3, 0.1, 10.0]), alpha=st.sampled_from([0.2, 1.0]), steps=st.integers(1, 3))
+def test_mirror_step_matches_reference(device, metric, target, groups, seed, dtype, lam, eta, alpha, steps):
+    state = mirror_state(groups, seed, dtype, device)
+    want = [t.cpu().clone() for t in state]
+    for _ in range(steps):  # the state carries over: later steps start from projected, partly negative duals
+        out = ops.dual_mirror_step(*state, lam, eta, alpha, metric, target)
+        reference.dual_mirror_step(*want, lam, eta, alpha, metric == "weighted", target == "remaining")
+    assert out is state[0]
+    for name, got, ref in zip(("mu", "gmom", "gamma"), state, want):
+        torch.testing.assert_close(got.cpu(), ref, **tol(dtype, 8), msg=name)
+    if target == "constant":
+        torch.testing.assert_close(state[2].cpu(), mirror_state(groups, seed, dtype)[2])  # γ untouched
+
+
+@pytest.mark.parametrize("device", devices())
+def test_mirror_step_hand_computed(device):
+    def state():
+        t = [torch.tensor(v, dtype=torch.float64, device=device) for v in
+             ([0.5, -0.25], [0.1, -0.2], [1.0, 0.5], [0.6, 0.4], 0.5, [0.5, 0.5], [1.0, 2.0])]
+        return t
+
+    # remaining, weighted: γ = (1, .5) - .5 (.6, .4) = (.7, .3); g̃ = γ - d = (.1, -.1); g = (.1, -.15);
+    # μ̃ = μ - g / m̂² = (.4, -.2125); v = m̂ μ̃ = (.4, -.425), Σ relu(.425 - θ) = .2 -> θ = .225 -> μ_1 = -.2 / 2.
+    mu, gmom, gamma, *rest = state()
+    ops.dual_mirror_step(mu, gmom, gamma, *rest, lam=0.2, eta=1.0, alpha=0.5)
+    for got, want in ((mu, [0.4, -0.1]), (gmom, [0.1, -0.15]), (gamma, [0.7, 0.3])):
+        torch.testing.assert_close(got.cpu(), torch.tensor(want, dtype=torch.float64))
+    # constant, euclid: g̃ = ρ - d = (-.1, .1); g = (0, -.05); μ̃ = (.5, -.2); 2 relu(.2 - 2θ) = .2 -> θ = .05.
+    mu, gmom, gamma, *rest = state()
+    ops.dual_mirror_step(mu, gmom, gamma, *rest, lam=0.2, eta=1.0, alpha=0.5, metric="euclid", target="constant")
+    for got, want in ((mu, [0.5, -0.1]), (gmom, [0.0, -0.05]), (gamma, [1.0, 0.5])):
+        torch.testing.assert_close(got.cpu(), torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not HAS_OP, reason="opcheck needs the compiled library")
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_mirror_step_opcheck(metric, target):
+    for dtype in (torch.float64, torch.float32):
+        torch.library.opcheck(torch.ops.fairlit.dual_mirror_step,
+                              (*mirror_state(7, 3, dtype), 0.5, 0.1, 0.2, metric == "weighted", target == "remaining"))
+
+
+def test_mirror_step_torch_compile_fullgraph_matches_eager():
+    def fn(state):
+        for _ in range(2):
+            ops.dual_mirror_step(*state, 0.5, 0.1, 0.2)
+        return state[0] * 2
+
+    eager, traced = mirror_state(9, 1), mirror_state(9, 1)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(traced), fn(eager))
+    for got, want in zip(traced[:3], eager[:3]):
+        torch.testing.assert_close(got, want)
+
+
+def _mirror(**changes):
+    names = ("mu", "gmom", "gamma", "share", "batch_fraction", "rho", "mhat")
+    args = dict(zip(names, mirror_state(3, 0))) | dict(lam=0.5, eta=0.1, alpha=0.2)
+    return lambda: ops.dual_mirror_step(**(args | changes))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (_mirror(metric="l1"), ValueError, "`metric` must be one of"),
+    (_mirror(target="budget"), ValueError, "`target` must be one of"),
+    (_mirror(lam=-1.0), ValueError, "`lam` must be >= 0"),
+    (_mirror(eta=0.0), ValueError, "`eta` must be > 0"),
+    (_mirror(alpha=1.5), ValueError, "`alpha` must be in \\(0, 1\\]"),
+    (_mirror(alpha=float("nan")), ValueError, "`alpha` must be in \\(0, 1\\]"),
+    (_mirror(mu=torch.zeros(3, dtype=torch.long)), TypeError, "`mu` must be a floating tensor"),
+    (_mirror(mu=torch.zeros(1, 3, dtype=torch.float64)), ValueError, "`mu` must be a \\[G\\]"),
+    (_mirror(gmom=torch.zeros(4, dtype=torch.float64)), ValueError, "`gmom` must be \\[G\\] like `mu`"),
+    (_mirror(share=torch.zeros(3)), TypeError, "`share` has dtype"),
+    (_mirror(rho=torch.zeros(3, dtype=torch.float64, device="meta")), ValueError, "`rho` is on meta"),
+    (_mirror(batch_fraction=torch.zeros(2, dtype=torch.float64)), ValueError,
+     "`batch_fraction` must be a float or one"),
+    (_mirror(share=torch.tensor([0.5, float("nan"), 0.5], dtype=torch.float64)), ValueError, "`share` contains NaN"),
+    (_mirror(mhat=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)), ValueError, "`mhat` must be > 0"),
+])
+def test_mirror_step_bad_input_names_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.skipif(not HAS_OP, reason="kernel checks need the compiled library")
+def test_mirror_step_kernel_checks():
+    mu, gmom, gamma, share, fraction, rho, mhat = mirror_state(4, 0)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        torch.ops.fairlit.dual_mirror_step(torch.zeros(4, 2, dtype=torch.float64)[:, 0], gmom, gamma, share, fraction,
+                                           rho, mhat, 0.5, 0.1, 0.2, True, True)
+    with pytest.raises(RuntimeError, match="`mhat` must be > 0"):
+        torch.ops.fairlit.dual_mirror_step(mu, gmom, gamma, share, fraction, rho, -mhat, 0.5, 0.1, 0.2, True, True)
+    with pytest.raises(RuntimeError, match="`rho` must be a Double tensor shaped like `mu`"):
+        torch.ops.fairlit.dual_mirror_step(mu, gmom, gamma, share, fraction, rho[:3], mhat, 0.5, 0.1, 0.2, True, True)
+    with pytest.raises(RuntimeError, match="no derivative"):  # state that requires grad, under grad mode
+        torch.ops.fairlit.dual_mirror_step(mu.requires_grad_(), gmom, gamma, share, fraction, rho, mhat, 0.5, 0.1,
+                                           0.2, True, True)
