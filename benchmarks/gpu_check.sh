@@ -64,6 +64,8 @@ bench() {
     echo "bench_ops rc=$?"; grep -E "^\[|Error" "$OUT/bench_ops.log" | tail -3
     timeout 120 $PY benchmarks/bench_softsort.py --device cuda --out "$OUT/benchmarks.md" >"$OUT/bench_softsort.log" 2>&1
     echo "bench_softsort rc=$?"; tail -3 "$OUT/bench_softsort.log"
+    timeout 120 $PY benchmarks/bench_step.py --device cuda --out "$OUT/benchmarks.md" >"$OUT/bench_step.log" 2>&1
+    echo "bench_step rc=$?"; tail -3 "$OUT/bench_step.log"   # FairDual's GPU goal (#6): the last line
 }
 
 sanitize() {
