@@ -56,6 +56,14 @@ def embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, user_doc: str = "
         raise ValueError(f"`user_emb` has dim {user_emb.shape[1]} but `item_emb` has dim {item_emb.shape[1]}")
 
 
+def numbers(*checks: tuple[str, object, bool, str]) -> None:
+    """Python-number arguments: each ``(name, value, ok, doc)`` with ``ok`` false raises (NaN compares false,
+    so a NaN value is rejected too)."""
+    for name, value, ok, doc in checks:
+        if not ok:
+            raise ValueError(f"`{name}` must be {doc}, got {value!r}")
+
+
 def positive_int(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")

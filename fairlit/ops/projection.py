@@ -137,10 +137,8 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
-    for name, value, ok, doc in (("lam", lam, lam >= 0, ">= 0"), ("eta", eta, eta > 0, "> 0"),
-                                 ("alpha", alpha, 0 < alpha <= 1, "in (0, 1]")):
-        if not ok:  # also rejects NaN
-            raise ValueError(f"`{name}` must be {doc}, got {value!r}")
+    check.numbers(("lam", lam, lam >= 0, ">= 0"), ("eta", eta, eta > 0, "> 0"),
+                  ("alpha", alpha, 0 < alpha <= 1, "in (0, 1]"))
     check.floating("mu", mu)
     if mu.dtype not in (torch.float32, torch.float64) or mu.dim() != 1:
         raise ValueError(f"`mu` must be a [G] float32 or float64 tensor, got {mu.dtype} {tuple(mu.shape)}")
@@ -157,12 +155,10 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
         raise ValueError(f"`batch_fraction` must be a float or one element, got shape {tuple(batch_fraction.shape)}")
     check.same_dtype(("mu", mu), ("batch_fraction", batch_fraction))
     check.same_device(("mu", mu), *named, ("batch_fraction", batch_fraction))
-    if validate and not torch.compiler.is_compiling():
-        for name, t in (("mu", mu), ("gmom", gmom), ("gamma", gamma), ("share", share),
-                        ("batch_fraction", batch_fraction)):
+    if validate:
+        _check_values(mu, mhat, None)  # finite μ, m̂ > 0
+        for name, t in (("gmom", gmom), ("gamma", gamma), ("share", share), ("batch_fraction", batch_fraction)):
             check.finite(name, t)
-        if not bool((mhat > 0).all()):
-            raise ValueError(f"`mhat` must be > 0 (and not NaN), got min {mhat.min().item()!r}")
     args = (mu, gmom, gamma, share, batch_fraction, rho, mhat, float(lam), float(eta), float(alpha),
             metric == "weighted", target == "remaining")
     with torch.no_grad():

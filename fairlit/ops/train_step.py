@@ -38,15 +38,6 @@ def _batches(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     return users, pos, neg, weight
 
 
-def _check_hyper(reg_weight: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    for name, value, ok, doc in (("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
-                                 ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"),
-                                 ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"), ("eps", eps, eps >= 0, ">= 0"),
-                                 ("weight_decay", weight_decay, weight_decay >= 0, ">= 0")):
-        if not ok:  # also rejects NaN
-            raise ValueError(f"`{name}` must be {doc}, got {value!r}")
-
-
 def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
                  users, pos, neg, weight) -> None:
     """Dtypes, shapes and devices of the tables and Adam's state, ids against the tables, finite weights."""
@@ -124,7 +115,9 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
         [S] float64, each batch's loss :math:`L_s` (detached; [1] for one batch).
     """
     users, pos, neg, weight = _batches(users, pos, neg, weight)
-    _check_hyper(reg_weight, lr, beta1, beta2, eps, weight_decay)
+    check.numbers(("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
+                  ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"), ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"),
+                  ("eps", eps, eps >= 0, ">= 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
     if validate or not has_op("bpr_adam_step"):
         _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
                      item_step, users, pos, neg, weight)
