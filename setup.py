@@ -1,6 +1,6 @@
 """Builds the one compiled library `fairlit._C` (metadata lives in pyproject.toml).
 
-- CPU C++ sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled.
+- CPU C++ sources (csrc/*.cpp, csrc/cpu/*.cpp, csrc/composite/*.cpp) are always compiled.
 - CUDA sources (csrc/cuda/*.cu) only when the *installed torch* has CUDA (`torch.version.cuda`) and a
   toolkit is found (`CUDA_HOME`), or when FAIRLIT_FORCE_CUDA=1. An `nvcc` on PATH next to a CPU torch
   is not enough: that build could not load.
@@ -30,7 +30,7 @@ def extensions():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     with_cuda = _flag("FAIRLIT_FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/composite/*.cpp"))
     cxx = ["-O3", "-std=c++17", "-fopenmp" if os.name != "nt" else "/openmp"]
     extra = {"cxx": cxx}
     ext_cls = CppExtension

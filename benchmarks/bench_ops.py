@@ -170,6 +170,46 @@ def train_step_impls(num_users, num_items, d, users, pos, neg, device):
             "autograd + fused Adam": autograd_adam}, (fused, ref, (P, Q))
 
 
+def fairdual_step_impls(num_users, num_items, d, groups, users, pos, neg, sampled, k, device):
+    """S FairDual steps of BPR-MF (target-group weights, live item table, weighted metric): the op, its reference,
+    and the per-batch loop of the public ops from Python (FairDual's per-batch path). Each implementation steps its
+    own copy of the tables, Adam state and dual state (equal at the start)."""
+    gen = torch.Generator().manual_seed(0)
+    tables = [torch.randn(r, d, generator=gen) * 0.1 for r in (num_users, num_items)]
+    group_ids = torch.randint(0, groups, (num_items, 1), generator=gen).to(device)
+    group_weights = torch.ones(num_items, 1, device=device)
+    rho = torch.full((groups,), 1.0 / groups, dtype=torch.float64, device=device)
+    hyper = dict(topk=k, batch_fraction=users.shape[1] / 72_270, lam=2.0, eta=0.01, alpha=0.2)
+
+    def state():
+        return [t.clone().to(device) for t in tables] + [torch.zeros(r, d, device=device) for r in (
+            num_users, num_users, num_items, num_items)] + [torch.zeros((), device=device) for _ in range(2)] + [
+            torch.ones(groups, dtype=torch.float64, device=device), torch.zeros(groups, dtype=torch.float64,
+                                                                                device=device), rho.clone()]
+
+    fused, ref, loop = state(), state(), state()
+    ref_args = (k, False, False, 0.0, hyper["batch_fraction"], 2.0, 0.01, 0.2, True, True, 0.0, False, 1e-3, 0.9,
+                0.999, 1e-8, 0.0)
+
+    def per_batch_ops():
+        P, Q, *adam = loop[:8]
+        mu, gmom, gamma = loop[8:]
+        for s in range(users.shape[0]):
+            consumed = ops.sampled_topk_group_stats(P[users[s]], Q, sampled[s], k, group_ids, group_weights, groups,
+                                                    validate=False)[2]
+            w = (1 - (group_weights[pos[s]].double() * mu[group_ids[pos[s]]]).sum(-1)).clamp(min=0.0).float()
+            ops.dual_mirror_step(mu, gmom, gamma, consumed / (users.shape[1] * k), hyper["batch_fraction"], rho,
+                                 groups * rho, 2.0, 0.01, 0.2, validate=False)
+            ops.bpr_adam_step(P, Q, *adam, users[s], pos[s], neg[s], w, validate=False)
+
+    return {"fairlit": lambda: ops.fairdual_bpr_adam_step(*fused[:8], users, pos, neg, *fused[8:], sampled, group_ids,
+                                                          group_weights, rho, groups * rho, **hyper, validate=False),
+            "reference": lambda: reference.fairdual_bpr_adam_step(*ref[:8], users, pos, neg, *ref[8:], sampled, None,
+                                                                  group_ids, group_weights, rho, groups * rho,
+                                                                  *ref_args),
+            "per-batch ops from Python": per_batch_ops}, (fused, ref, loop)
+
+
 def symmetric_graph(users, items, edges, device):
     """LightGCN's normalised adjacency Â (as `fairlit.models.LightGCN` builds it) of a random bipartite graph
     with Zipf(1) item popularity, in CSR."""
@@ -355,6 +395,26 @@ def run(device: str, quick: bool) -> str:
     sections.append("#### `bpr_adam_step` (S BPR-MF steps with Adam per call, one negative per row; the native "
                     "alternative is autograd + `torch.optim.Adam(fused=True)` per batch)\n\n"
                     + markdown_table(header_ts, [r[:7] + r[8:] for r in rows]))
+
+    rows = []
+    m, n, d, g, q, k = 943, 1682, 32, 18, 700, 10
+    for b, steps in [(64, 1), (64, 16)] if not quick else [(64, 1)]:
+        users = torch.randint(0, m, (steps, b), device=device)
+        pos, neg = torch.randint(0, n, (steps, b), device=device), torch.randint(0, n, (steps, b, 1), device=device)
+        sampled = torch.stack([torch.randperm(n)[:q] for _ in range(steps)]).to(device)
+        impls, copies = fairdual_step_impls(m, n, d, g, users, pos, neg, sampled, k, device)
+        for name in impls:                                  # one call each from the same state: they agree
+            impls[name]()
+        for got in copies[1:]:
+            for a, b_ in zip(copies[0], got):
+                torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-5)
+        print(f"[{device}] fairdual_bpr_adam_step users={m} items={n} d={d} G={g} Q={q} B={b} S={steps}")
+        rows.append(row((b, steps), measure(impls, device, t)))
+    header_fd = ["B", "S"] + header[3:6] + header[7:]
+    sections.append(f"#### `fairdual_bpr_adam_step` (S FairDual steps of BPR-MF per call: {m} x {n} tables, d = {d}, "
+                    f"G = {g}, Q = {q}, K_f = {k}, one negative per row; the native alternative is the per-batch loop "
+                    "of `sampled_topk_group_stats`, the weights, `dual_mirror_step` and `bpr_adam_step` from Python)"
+                    "\n\n" + markdown_table(header_fd, [r[:5] + r[6:] for r in rows]))
 
     rows = []
     graphs = [(6_033, 3_123, 700_000), (100_000, 50_000, 5_000_000)] if not quick else [(6_033, 3_123, 700_000)]

@@ -2,14 +2,10 @@
 
     python benchmarks/fused_step_analysis.py profile     # FairNeg, fused: epoch time, and the op's share of it
     python benchmarks/fused_step_analysis.py horizon     # Recall-Disp@20 of BPR (UNS) vs FairNeg after 6 and 20 epochs
-    python benchmarks/fused_step_analysis.py floor       # a lower bound for a fully fused FairDual step
 
-They read the split the FairDiverse benchmarks left in their work folders (run `bench_fairneg_fairdiverse.py` /
-`bench_fairdual_fairdiverse.py` first; the files of their last seed). Settings as there: BPR-MF d 32, batch 64,
-16 batches per Lightning step, `fused_step=True`, 1 thread. Nothing is written to docs.
-
-`floor` trains a `FairDual` subclass whose step runs only the Q draw, the dual-signal op and `ops.bpr_adam_step`
-(no weights, no dual update): it is not FairDual, it bounds from below what fusing FairDual's dual step could give.
+They read the split `bench_fairneg_fairdiverse.py` left in its work folder (run it first; the files of its last
+seed). Settings as there: BPR-MF d 32, batch 64, 16 batches per Lightning step, `fused_step=True`, 1 thread.
+Nothing is written to docs.
 """
 import argparse
 import os
@@ -62,55 +58,16 @@ def horizon(work: Path) -> None:
                   f"{statistics.mean(disp):.1f} ({' / '.join(f'{d:.1f}' for d in disp)})", flush=True)
 
 
-def floor(work: Path) -> None:
-    """Seconds per epoch of the Q draw + dual signal + fused BPR step, without and with per-row weights."""
-    from fairlit import ops
-    from fairlit.methods import FairDual
-    from fairlit.models import MF
-
-    class SignalAndStepOnly(FairDual):
-        weighted = False
-
-        def fused_training_step(self, parts):
-            adam = self.fused_optimizer([])
-            user_table, item_table = self.backbone.user_embedding.weight, self.backbone.item_embedding.weight
-            for part in parts:
-                user = user_table.detach()[part["user"]]
-                sampled = self._draw(item_table.shape[0], user.device)
-                per_row = ops.sampled_topk_group_stats(user, item_table.detach(), sampled, self.hparams.topk,
-                                                       self.groups.group, self.groups.weight, self.mu.numel(),
-                                                       per_row=True, validate=False)[3]
-                weights = (per_row * self.mu).sum(1).to(user.dtype) if self.weighted else None
-                losses = self.fused_bpr_update(adam, part["user"], part["pos"], part["neg"].view(len(user), -1),
-                                               weights, sigmoid_scores=True)
-                self._t += 1
-            return losses[-1]
-
-    split = fairdiverse_split(work)
-    for weighted in (False, True):
-        SignalAndStepOnly.weighted = weighted
-        res = fit_on_fairdiverse_split(lambda dm, n: SignalAndStepOnly(
-            lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
-            num_item_groups=dm.num_item_groups, ks=[5, 10, 20], preset="fairdiverse", bpr_on_sigmoid=True,
-            num_samples=700, topk=10, eta=0.01, lam=2.0, alpha=0.2, num_train_rows=n, fused_step=True),
-            split, 6, 0, 64, 16)
-        print(f"signal + fused step{' + per-row weights' if weighted else ''}: {res['epoch_s']:.3f} s per epoch")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["profile", "horizon", "floor"])
+    parser.add_argument("what", choices=["profile", "horizon"])
     parser.add_argument("--fairneg-work", type=Path, default=Path("/tmp/fd-bench-fairneg"))
-    parser.add_argument("--fairdual-work", type=Path, default=Path("/tmp/fd-bench-work"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    if args.what == "floor":
-        floor(args.fairdual_work)
-    else:
-        (profile if args.what == "profile" else horizon)(args.fairneg_work)
+    (profile if args.what == "profile" else horizon)(args.fairneg_work)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 // Autograd kernels registered in C++ for the ops on every training step: score_candidates and group_bpr_loss
-// (every BPR step), dual_projection (every FairDual step), bpr_adam_step and dual_mirror_step (state updates with no
-// derivative: their kernels only refuse to run where autograd would have to record them). A formula registered from Python
-// (torch.library.register_autograd) runs ~50-70 µs of interpreter code per op per step (wrapping, argument
-// filling, the backward closure), which is more than the kernels themselves in a small-model CPU step; these
-// are the same formulas in C++. The other ops keep their Python formulas (fairlit/ops/<family>.py). Forward
-// and backward call the ops through the dispatcher, so the CPU, CUDA and fake kernels all serve
+// (every BPR step), dual_projection (every FairDual step), bpr_adam_step, dual_mirror_step and fairdual_bpr_adam_step
+// (state updates with no derivative: their kernels only refuse to run where autograd would have to record them). A
+// formula registered from Python (torch.library.register_autograd) runs ~50-70 µs of interpreter code per op per step
+// (wrapping, argument filling, the backward closure), which is more than the kernels themselves in a small-model CPU
+// step; these are the same formulas in C++. The other ops keep their Python formulas (fairlit/ops/<family>.py).
+// Forward and backward call the ops through the dispatcher, so the CPU, CUDA and fake kernels all serve
 // (torch.compile traces through these functions).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -166,11 +166,35 @@ void dual_mirror_step_autograd(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gam
   op.call(mu, gmom, gamma, share, batch_fraction, rho, mhat, lam, eta, alpha, weighted, remaining);
 }
 
+// fairdual_bpr_adam_step is S training steps (state updates, like bpr_adam_step): refused under grad mode when a table
+// or the dual state requires grad, otherwise the device kernel.
+std::tuple<at::Tensor, at::Tensor> fairdual_bpr_adam_step_autograd(
+    at::Tensor& user_emb, at::Tensor& item_emb, at::Tensor& user_exp_avg, at::Tensor& user_exp_avg_sq,
+    at::Tensor& item_exp_avg, at::Tensor& item_exp_avg_sq, at::Tensor& user_step, at::Tensor& item_step,
+    const at::Tensor& users, const at::Tensor& pos, const at::Tensor& neg, at::Tensor& mu, at::Tensor& gmom,
+    at::Tensor& gamma, const at::Tensor& sampled, const std::optional<at::Tensor>& signal_items,
+    const at::Tensor& group_ids, const at::Tensor& group_weights, const at::Tensor& rho, const at::Tensor& mhat,
+    int64_t topk, bool sigmoid_utility, bool topk_exposure_weights, double s_min, double batch_fraction, double lam,
+    double eta, double alpha, bool weighted, bool remaining, double reg_weight, bool sigmoid_scores, double lr,
+    double beta1, double beta2, double eps, double weight_decay) {
+  static auto op = op_handle<decltype(fairdual_bpr_adam_step_autograd)>("fairlit::fairdual_bpr_adam_step");
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(user_emb.requires_grad() || item_emb.requires_grad() ||
+                                               mu.requires_grad() || gmom.requires_grad() || gamma.requires_grad()),
+              "fairlit: fairdual_bpr_adam_step is a sequence of training steps (no derivative); call it under "
+              "torch.no_grad() (fairlit.ops.fairdual_bpr_adam_step does)");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+                 users, pos, neg, mu, gmom, gamma, sampled, signal_items, group_ids, group_weights, rho, mhat, topk,
+                 sigmoid_utility, topk_exposure_weights, s_min, batch_fraction, lam, eta, alpha, weighted, remaining,
+                 reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fairlit, Autograd, m) {
   m.impl("bpr_adam_step", &bpr_adam_step_autograd);
   m.impl("dual_mirror_step", &dual_mirror_step_autograd);
+  m.impl("fairdual_bpr_adam_step", &fairdual_bpr_adam_step_autograd);
   m.impl("score_candidates", &score_candidates_autograd);
   m.impl("group_bpr_loss", &group_bpr_loss_autograd);
   m.impl("dual_projection", &dual_projection_autograd);

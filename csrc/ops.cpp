@@ -1,5 +1,6 @@
 // Every schema of the `fairlit` operator library: this file is the index of the public op API.
-// Implementations live in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu (TORCH_LIBRARY_IMPL);
+// Implementations live in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu (TORCH_LIBRARY_IMPL), and for ops
+// that loop over other fairlit ops in csrc/composite/<family>.cpp (one kernel for both devices);
 // fake kernels and autograd formulas are registered from Python (fairlit/ops/<family>.py), except the
 // autograd of the per-step BPR ops score_candidates and group_bpr_loss (csrc/autograd.cpp).
 #include <Python.h>
@@ -44,4 +45,7 @@ TORCH_LIBRARY(fairlit, m) {
   // train_step family: S consecutive BPR steps of an MF model (tables P [m, d], Q [n, d]), each a gradient and
   // one torch fused-Adam update of both tables and their Adam state, in place; returns each batch's loss [S] f64.
   m.def("bpr_adam_step(Tensor(a!) user_emb, Tensor(b!) item_emb, Tensor(c!) user_exp_avg, Tensor(d!) user_exp_avg_sq, Tensor(e!) item_exp_avg, Tensor(f!) item_exp_avg_sq, Tensor(g!) user_step, Tensor(h!) item_step, Tensor users, Tensor pos, Tensor neg, Tensor? weight, float reg_weight, bool sigmoid_scores, float lr, float beta1, float beta2, float eps, float weight_decay) -> Tensor");
+  // FairDual's training loop over S batches of BPR-MF (csrc/composite/train_step.cpp): per batch the dual signal,
+  // the sample weights, dual_mirror_step and bpr_adam_step -> (losses [S] f64, weights [S, B]).
+  m.def("fairdual_bpr_adam_step(Tensor(a!) user_emb, Tensor(b!) item_emb, Tensor(c!) user_exp_avg, Tensor(d!) user_exp_avg_sq, Tensor(e!) item_exp_avg, Tensor(f!) item_exp_avg_sq, Tensor(g!) user_step, Tensor(h!) item_step, Tensor users, Tensor pos, Tensor neg, Tensor(i!) mu, Tensor(j!) gmom, Tensor(k!) gamma, Tensor sampled, Tensor? signal_items, Tensor group_ids, Tensor group_weights, Tensor rho, Tensor mhat, int topk, bool sigmoid_utility, bool topk_exposure_weights, float s_min, float batch_fraction, float lam, float eta, float alpha, bool weighted, bool remaining, float reg_weight, bool sigmoid_scores, float lr, float beta1, float beta2, float eps, float weight_decay) -> (Tensor, Tensor)");
 }

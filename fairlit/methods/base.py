@@ -308,21 +308,32 @@ class RecModule(L.LightningModule):
         """One `ops.bpr_adam_step` call on the MF tables with the optimizer's state and hyper-parameters: S
         batches (users/pos [S, B], neg [S, B, M], weight [S, B]) or one ([B], [B, M], [B]); returns the losses
         [S] and advances Lightning's step counter by S."""
+        state, adam_args = self.fused_adam_state(adam)
+        losses = ops.bpr_adam_step(*state, users, pos, neg, weight, reg_weight=reg_weight,
+                                   sigmoid_scores=sigmoid_scores, **adam_args, validate=False)
+        self.record_fused_steps(losses, users.shape[-1])
+        return losses
+
+    def fused_adam_state(self, adam: FusedAdam) -> tuple[tuple[Tensor, ...], dict[str, float]]:
+        """The fused train-step ops' first eight arguments (the MF tables P, Q, their Adam moments and step counters,
+        updated in place) and Adam's hyper-parameters (``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``)."""
         tables = (self.backbone.user_embedding.weight, self.backbone.item_embedding.weight)
         group = adam.param_groups[0]
         su, si = (adam.state_of(p) for p in tables)
         beta1, beta2 = group["betas"]
-        losses = ops.bpr_adam_step(tables[0], tables[1], su["exp_avg"], su["exp_avg_sq"], si["exp_avg"],
-                                   si["exp_avg_sq"], su["step"], si["step"], users, pos, neg, weight,
-                                   reg_weight=reg_weight, sigmoid_scores=sigmoid_scores, lr=group["lr"], beta1=beta1,
-                                   beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], validate=False)
+        return ((tables[0], tables[1], su["exp_avg"], su["exp_avg_sq"], si["exp_avg"], si["exp_avg_sq"], su["step"],
+                 si["step"]), dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                   weight_decay=group["weight_decay"]))
+
+    def record_fused_steps(self, losses: Tensor, batch_size: int) -> None:
+        """Lightning's bookkeeping of S optimizer steps made by a fused op: ``global_step`` advances by S, and the
+        losses [S] of logging steps go to `log_training_loss`."""
         optimizer, first, every = self.optimizers(), self.global_step, self.trainer.log_every_n_steps
         for s in range(len(losses)):
             if (first + s) % every == 0:  # log_training_loss acts on these steps only: skip the calls in between
-                self.log_training_loss(losses[s], users.shape[-1])
+                self.log_training_loss(losses[s], batch_size)
             optimizer._on_before_step()   # Lightning's progress tracking: global_step counts each batch
             optimizer._on_after_step()
-        return losses
 
     def log_training_loss(self, loss: Tensor, batch_size: int) -> None:
         """Log ``train/loss`` and fail on a non-finite loss, every ``log_every_n_steps`` batches only."""
@@ -334,16 +345,16 @@ class RecModule(L.LightningModule):
                 raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
 
-    def log_diagnostics(self, values: dict[str, float]) -> None:
+    def log_diagnostics(self, values: dict[str, float], step: int | None = None) -> None:
         """Diagnostics (one value per group per epoch, dual statistics per logging step) straight to the loggers,
-        at the current step.
+        at ``step`` (default: the current step).
 
         ``self.log`` costs ~1 ms per key in Lightning's result collection: for 16 groups x 4 series that is more
         than the compute of a small-model training epoch. These values need no reduction (they come from
         all-reduced state, equal on every rank; loggers write on rank 0) and no callback access.
         """
         for logger in self.loggers:
-            logger.log_metrics(values, step=self.global_step)
+            logger.log_metrics(values, step=self.global_step if step is None else step)
 
     def configure_optimizers(self):
         return self.adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

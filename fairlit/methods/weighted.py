@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairlit import ops
-from fairlit.methods.base import STAGES, RecModule
+from fairlit.methods.base import STAGES, FusedAdam, RecModule
 from fairlit.metrics import RankingMetrics
 
 LOSSES = ("bpr", "ce")
@@ -169,16 +169,19 @@ class WeightedLoss(RecModule):
         return loss
 
     def fused_training_step(self, parts: list[dict[str, Tensor]]) -> Tensor:
-        """`fused_step` training: per batch, without autograd, the towers and `sample_weights` (which may update
-        method state as in the autograd path, and computes ℓ only if it reads it), then one `fused_bpr_update`
-        with w."""
+        """`fused_step` training, after checking that the method trains the weighted BPR mean on MF:
+        `fused_weighted_steps`."""
         name, cls = type(self).__name__, type(self)
         changed = [f"{name} changes the weighted-mean objective ({fn})" for fn in
                    ("objective", "regularizer", "training_loss", "forward_losses", "sample_losses")
                    if getattr(cls, fn) is not getattr(WeightedLoss, fn)]
         if self.hparams.loss != "bpr":
             changed.append(f"loss={self.hparams.loss!r} is not BPR")
-        adam = self.fused_optimizer(changed)
+        return self.fused_weighted_steps(self.fused_optimizer(changed), parts)
+
+    def fused_weighted_steps(self, adam: FusedAdam, parts: list[dict[str, Tensor]]) -> Tensor:
+        """The batches' fused steps: per batch `sample_weights` without autograd, then one `fused_bpr_update` with
+        w; returns the last batch's loss."""
         for part in parts:
             with torch.no_grad():  # ℓ is computed here only if sample_weights reads it
                 weights = self.sample_weights(part, self.forward_losses(part))

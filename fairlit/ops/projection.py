@@ -99,6 +99,33 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: float | torch.Ten
     return out if mu.dim() == 2 else out.reshape(mu.shape)
 
 
+def check_dual_state(mu: torch.Tensor, named: tuple[tuple[str, torch.Tensor], ...], lam: float, eta: float,
+                     alpha: float, metric: str, target: str, validate: bool) -> None:
+    """Arguments of FairDual's dual update: `metric`/`target` names, λ ≥ 0, η > 0, α ∈ (0, 1], μ a [G] float32/64
+    tensor and every ``(name, tensor)`` of `named` (which holds ``mhat``) [G] like it, one dtype and device; with
+    `validate` finite μ, m̂ > 0 and finite others (a host sync on CUDA)."""
+    if metric not in METRICS:
+        raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
+    check.numbers(("lam", lam, lam >= 0, ">= 0"), ("eta", eta, eta > 0, "> 0"),
+                  ("alpha", alpha, 0 < alpha <= 1, "in (0, 1]"))
+    check.floating("mu", mu)
+    if mu.dtype not in (torch.float32, torch.float64) or mu.dim() != 1:
+        raise ValueError(f"`mu` must be a [G] float32 or float64 tensor, got {mu.dtype} {tuple(mu.shape)}")
+    for name, t in named:
+        check.floating(name, t)
+        if t.shape != mu.shape:
+            raise ValueError(f"`{name}` must be [G] like `mu` {tuple(mu.shape)}, got {tuple(t.shape)}")
+    check.same_dtype(("mu", mu), *named)
+    check.same_device(("mu", mu), *named)
+    if validate:
+        _check_values(mu, dict(named)["mhat"], None)  # finite μ, m̂ > 0
+        for name, t in named:
+            if name not in ("rho", "mhat"):
+                check.finite(name, t)
+
+
 def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, share: torch.Tensor,
                      batch_fraction: float | torch.Tensor, rho: torch.Tensor, mhat: torch.Tensor, lam: float,
                      eta: float, alpha: float, metric: str = "weighted", target: str = "remaining", *,
@@ -133,32 +160,17 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
     Returns:
         `mu` (updated). No derivative: under grad mode with state that requires grad it raises.
     """
-    if metric not in METRICS:
-        raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
-    if target not in TARGETS:
-        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
-    check.numbers(("lam", lam, lam >= 0, ">= 0"), ("eta", eta, eta > 0, "> 0"),
-                  ("alpha", alpha, 0 < alpha <= 1, "in (0, 1]"))
-    check.floating("mu", mu)
-    if mu.dtype not in (torch.float32, torch.float64) or mu.dim() != 1:
-        raise ValueError(f"`mu` must be a [G] float32 or float64 tensor, got {mu.dtype} {tuple(mu.shape)}")
-    named = (("gmom", gmom), ("gamma", gamma), ("share", share), ("rho", rho), ("mhat", mhat))
-    for name, t in named:
-        check.floating(name, t)
-        if t.shape != mu.shape:
-            raise ValueError(f"`{name}` must be [G] like `mu` {tuple(mu.shape)}, got {tuple(t.shape)}")
-    check.same_dtype(("mu", mu), *named)
+    check_dual_state(mu, (("gmom", gmom), ("gamma", gamma), ("share", share), ("rho", rho), ("mhat", mhat)), lam,
+                     eta, alpha, metric, target, validate)
     if not isinstance(batch_fraction, torch.Tensor):
         batch_fraction = torch.tensor(float(batch_fraction), dtype=mu.dtype, device=mu.device)
     check.floating("batch_fraction", batch_fraction)
     if batch_fraction.numel() != 1:
         raise ValueError(f"`batch_fraction` must be a float or one element, got shape {tuple(batch_fraction.shape)}")
     check.same_dtype(("mu", mu), ("batch_fraction", batch_fraction))
-    check.same_device(("mu", mu), *named, ("batch_fraction", batch_fraction))
+    check.same_device(("mu", mu), ("batch_fraction", batch_fraction))
     if validate:
-        _check_values(mu, mhat, None)  # finite μ, m̂ > 0
-        for name, t in (("gmom", gmom), ("gamma", gamma), ("share", share), ("batch_fraction", batch_fraction)):
-            check.finite(name, t)
+        check.finite("batch_fraction", batch_fraction)
     args = (mu, gmom, gamma, share, batch_fraction, rho, mhat, float(lam), float(eta), float(alpha),
             metric == "weighted", target == "remaining")
     with torch.no_grad():

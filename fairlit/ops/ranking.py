@@ -84,6 +84,25 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
 UTILITIES = ("exposure", "sigmoid")
 
 
+def check_item_groups(group_ids: torch.Tensor, group_weights: torch.Tensor, item_emb: torch.Tensor, num_groups: int,
+                      validate: bool) -> None:
+    """The padded Â rows of FairDual's signal: ``group_ids`` int64 and ``group_weights`` float, both [I, P] for the
+    I rows of `item_emb` and on its device; with `validate` ids in [0, G) and finite weights (host syncs on CUDA)."""
+    check.positive_int("num_groups", num_groups)
+    check.index("group_ids", group_ids)
+    check.floating("group_weights", group_weights)
+    if group_ids.dim() != 2 or group_ids.shape[0] != item_emb.shape[0]:
+        raise ValueError(f"`group_ids` must be [I, P] with I = {item_emb.shape[0]} items, got {tuple(group_ids.shape)}")
+    if group_weights.shape != group_ids.shape:
+        raise ValueError(f"`group_weights` must have the shape of `group_ids` {tuple(group_ids.shape)}, got "
+                         f"{tuple(group_weights.shape)}")
+    check.same_device(("item_emb", item_emb), ("group_ids", group_ids), ("group_weights", group_weights))
+    if validate:
+        check.id_range("group_ids", group_ids, num_groups, "group id")
+        if group_weights.numel() and check._reads_values() and not bool(torch.isfinite(group_weights).all()):
+            raise ValueError("`group_weights` contains a non-finite value")
+
+
 def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sampled: torch.Tensor, k: int,
                              group_ids: torch.Tensor, group_weights: torch.Tensor, num_groups: int,
                              utility: str = "exposure", per_row: bool = False, *, validate: bool = True
@@ -122,23 +141,12 @@ def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sam
     check.positive_int("k", k)
     if k > sampled.numel():
         raise ValueError(f"`k` ({k}) must be <= the number of sampled items Q = {sampled.numel()}")
-    check.positive_int("num_groups", num_groups)
     if utility not in UTILITIES:
         raise ValueError(f"`utility` must be one of {UTILITIES}, got {utility!r}")
-    check.index("group_ids", group_ids)
-    check.floating("group_weights", group_weights)
-    if group_ids.dim() != 2 or group_ids.shape[0] != item_emb.shape[0]:
-        raise ValueError(f"`group_ids` must be [I, P] with I = {item_emb.shape[0]} items, got {tuple(group_ids.shape)}")
-    if group_weights.shape != group_ids.shape:
-        raise ValueError(f"`group_weights` must have the shape of `group_ids` {tuple(group_ids.shape)}, got "
-                         f"{tuple(group_weights.shape)}")
-    check.same_device(("user_emb", user_emb), ("sampled", sampled), ("group_ids", group_ids),
-                      ("group_weights", group_weights))
+    check_item_groups(group_ids, group_weights, item_emb, num_groups, validate)
+    check.same_device(("user_emb", user_emb), ("sampled", sampled))
     if validate:
         check.id_range("sampled", sampled, item_emb.shape[0], "item id")
-        check.id_range("group_ids", group_ids, num_groups, "group id")
-        if group_weights.numel() and check._reads_values() and not bool(torch.isfinite(group_weights).all()):
-            raise ValueError("`group_weights` contains a non-finite value")
     args = (user_emb.detach(), item_emb.detach(), sampled, k, group_ids, group_weights, num_groups,
             utility == "sigmoid", per_row)
     if has_op("sampled_topk_group_stats"):

@@ -293,3 +293,42 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
             denom = (exp_avg_sq / (1 - beta2 ** t)).sqrt() + eps
             table.sub_(lr * (exp_avg / (1 - beta1 ** t)) / denom)
     return torch.stack(losses) if losses else user_emb.new_zeros(0, dtype=torch.float64)
+
+
+def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
+                           user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
+                           user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                           neg: torch.Tensor, mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor,
+                           sampled: torch.Tensor, signal_items: torch.Tensor | None, group_ids: torch.Tensor,
+                           group_weights: torch.Tensor, rho: torch.Tensor, mhat: torch.Tensor, topk: int,
+                           sigmoid_utility: bool, topk_exposure_weights: bool, s_min: float, batch_fraction: float,
+                           lam: float, eta: float, alpha: float, weighted: bool, remaining: bool, reg_weight: float,
+                           sigmoid_scores: bool, lr: float, beta1: float, beta2: float, eps: float,
+                           weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """S FairDual steps of BPR-MF (users/pos [S, B], neg [S, B, M], sampled [S, Q]), each: the dual signal of the
+    batch's users against ``signal_items`` (or the current item table), the weights w = max(1 − Â[pos]·μ, s_min)
+    (Eq. 7) or 1 − bw/Σbw with bw_b = mean_g(row share_bg μ_g) (``topk_exposure_weights``; 1 where Σbw = 0), the
+    dual update with d = D / (B·topk) and f = ``batch_fraction``, then the weighted BPR + Adam step. In place;
+    returns (losses [S] float64, weights [S, B] in the tables' dtype)."""
+    losses, weights = [], []
+    for s in range(users.shape[0]):
+        user = user_emb[users[s]]
+        items = item_emb if signal_items is None else signal_items
+        _, _, consumed, per_row = sampled_topk_group_stats(user, items, sampled[s], topk, group_ids, group_weights,
+                                                           mu.numel(), sigmoid_utility, topk_exposure_weights)
+        if topk_exposure_weights:
+            bw = (per_row * mu).mean(1)
+            total = bw.sum()
+            weight = 1 - bw / total if total != 0 else torch.ones_like(bw)
+        else:
+            mixed = (group_weights[pos[s]].to(mu.dtype) * mu[group_ids[pos[s]]]).sum(1)
+            weight = (1 - mixed).clamp(min=s_min)
+        weights.append(weight.to(user_emb.dtype))
+        share = (consumed / (users.shape[1] * topk)).to(mu.dtype)
+        fraction = torch.tensor(batch_fraction, dtype=mu.dtype, device=mu.device)
+        dual_mirror_step(mu, gmom, gamma, share, fraction, rho, mhat, lam, eta, alpha, weighted, remaining)
+        losses.append(bpr_adam_step(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg,
+                                    item_exp_avg_sq, user_step, item_step, users[s:s + 1], pos[s:s + 1],
+                                    neg[s:s + 1], weights[-1].unsqueeze(0), reg_weight, sigmoid_scores, lr, beta1,
+                                    beta2, eps, weight_decay))
+    return torch.cat(losses), torch.stack(weights)

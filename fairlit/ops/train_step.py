@@ -1,6 +1,9 @@
-"""Fused training steps: `bpr_adam_step`, BPR steps of a matrix-factorisation model with Adam, in place.
+"""Fused training steps, in place: `bpr_adam_step`, BPR steps of a matrix-factorisation model with Adam, and
+`fairdual_bpr_adam_step`, FairDual's whole training step (dual signal, weights, dual update, weighted BPR step).
 
-Kernels: csrc/cpu/train_step.cpp, csrc/cuda/train_step.cu. A small-batch BPR-MF step on CPU is ~30 calls
+Kernels: csrc/cpu/train_step.cpp, csrc/cuda/train_step.cu; `fairdual_bpr_adam_step` is one C++ loop over the
+kernels of `sampled_topk_group_stats`, `dual_mirror_step` and `bpr_adam_step` on either device
+(csrc/composite/train_step.cpp). A small-batch BPR-MF step on CPU is ~30 calls
 from Python (embedding lookups, score and loss ops, their backward, zero_grad, Adam's bookkeeping), each
 costing more interpreter and dispatcher time than its arithmetic; this op is one call per step, or per S
 steps. The gradient is computed in the kernel; the update is torch's fused Adam (``aten::_fused_adam_``, what
@@ -12,6 +15,10 @@ import torch
 from . import _validate as check
 from . import reference
 from ._library import has_op
+from .projection import check_dual_state
+from .ranking import UTILITIES, check_item_groups
+
+WEIGHT_MODES = ("target_group", "topk_exposure")
 
 
 def _batches(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
@@ -36,6 +43,13 @@ def _batches(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     if weight is not None and weight.shape != users.shape:
         raise ValueError(f"`weight` must have the shape of `users`, got {tuple(weight.shape)}")
     return users, pos, neg, weight
+
+
+def _check_adam_numbers(reg_weight: float, lr: float, beta1: float, beta2: float, eps: float,
+                        weight_decay: float) -> None:
+    check.numbers(("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
+                  ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"), ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"),
+                  ("eps", eps, eps >= 0, ">= 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
 
 
 def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
@@ -115,9 +129,7 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
         [S] float64, each batch's loss :math:`L_s` (detached; [1] for one batch).
     """
     users, pos, neg, weight = _batches(users, pos, neg, weight)
-    check.numbers(("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
-                  ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"), ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"),
-                  ("eps", eps, eps >= 0, ">= 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
+    _check_adam_numbers(reg_weight, lr, beta1, beta2, eps, weight_decay)
     if validate or not has_op("bpr_adam_step"):
         _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
                      item_step, users, pos, neg, weight)
@@ -130,6 +142,101 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
         return reference.bpr_adam_step(*args)
 
 
+def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: torch.Tensor,
+                           user_exp_avg_sq: torch.Tensor, item_exp_avg: torch.Tensor, item_exp_avg_sq: torch.Tensor,
+                           user_step: torch.Tensor, item_step: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                           neg: torch.Tensor, mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor,
+                           sampled: torch.Tensor, group_ids: torch.Tensor, group_weights: torch.Tensor,
+                           rho: torch.Tensor, mhat: torch.Tensor, *, topk: int, batch_fraction: float, lam: float,
+                           eta: float, alpha: float, signal_items: torch.Tensor | None = None,
+                           utility: str = "exposure", weight_mode: str = "target_group", s_min: float = 0.0,
+                           metric: str = "weighted", target: str = "remaining", reg_weight: float = 0.0,
+                           sigmoid_scores: bool = False, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                           eps: float = 1e-8, weight_decay: float = 0.0, validate: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""S consecutive FairDual training steps of BPR-MF (Xu et al., ICLR 2025, Alg. 1; spec fairdual §2.3), in
+    place on the tables, their Adam state and the dual state μ, g, γ. Per batch s, in this order:
+
+    1. dual signal (`sampled_topk_group_stats`): each row's top-``topk`` of the Q items ``sampled[s]`` scored by
+       ``P[users_s] · E^T`` (E = `signal_items`, FairDual's frozen tower, or the item table Q as it is before this
+       batch's update), D [G] = its group shares (exposure or σ utility);
+    2. sample weights from μ before the update: :math:`w_b = \max(1 − \hat A[i^+_b]·μ, s_{min})` (Eq. 7,
+       ``weight_mode="target_group"``) or FairDiverse's :math:`1 − bw_b / \sum_b bw_b` with
+       :math:`bw_b = \mathrm{mean}_g(	ext{row share}_{bg}\, μ_g)` (``"topk_exposure"``; 1 where the sum is 0);
+    3. `dual_mirror_step` with d = D / (B·topk) and f = `batch_fraction` (Alg. 1 lines 12–14);
+    4. `bpr_adam_step` with w (weighted BPR of Eq. 7 and one Adam update of both tables).
+
+    This is what `fairlit.methods.FairDual` runs per batch with ``fused_step=True`` on one process (the same
+    result: the same kernels in the same order), as one call: from Python the step is ~25 small calls.
+
+    Args:
+        user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step:
+            the MF tables and their Adam state, as for `bpr_adam_step`.
+        users, pos: [S, B] int64 (or [B], one batch).
+        neg: [S, B, M] / [S, B] (or [B, M] / [B]).
+        mu, gmom, gamma: [G] dual state (float32 or float64), as for `dual_mirror_step`.
+        sampled: [S, Q] int64 item ids of each batch's dual signal (or [Q], one batch); ``topk <= Q``.
+        group_ids, group_weights: [I, P] padded Â rows, as for `sampled_topk_group_stats`.
+        rho, mhat: [G] budget shares ρ and weights m̂ > 0 (dtype of `mu`).
+        topk: K_f >= 1.
+        batch_fraction: f = B / N, each batch's share of an epoch's budget.
+        lam, eta, alpha, metric, target: the dual step's constants, as for `dual_mirror_step`.
+        signal_items: [I, d] table the signal scores against (the tables' dtype); None: the live item table.
+        utility: ``"exposure"`` or ``"sigmoid"`` (slot utility of the signal).
+        weight_mode: ``"target_group"`` or ``"topk_exposure"``.
+        s_min: lower clamp of w in ``"target_group"`` mode.
+        reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay: as for `bpr_adam_step`.
+        validate: the checks of the three ops with ``validate=True`` (ids, group ids, finite state; host syncs on
+            CUDA). With False only shapes, dtypes, devices and the Python numbers are checked (the kernels still
+            check ids on CPU).
+
+    Returns:
+        (losses [S] float64, each batch's loss; weights [S, B] in the tables' dtype, each batch's w). Detached;
+        no derivative: under grad mode with a table or state that requires grad it raises.
+    """
+    if utility not in UTILITIES:
+        raise ValueError(f"`utility` must be one of {UTILITIES}, got {utility!r}")
+    if weight_mode not in WEIGHT_MODES:
+        raise ValueError(f"`weight_mode` must be one of {WEIGHT_MODES}, got {weight_mode!r}")
+    one_batch = isinstance(users, torch.Tensor) and users.dim() == 1
+    users, pos, neg, _ = _batches(users, pos, neg, None)
+    check.index("sampled", sampled)
+    if one_batch and sampled.dim() == 1:
+        sampled = sampled.unsqueeze(0)
+    if sampled.dim() != 2 or sampled.shape[0] != users.shape[0]:
+        raise ValueError(f"`sampled` must be [S, Q] with S = {users.shape[0]} batches (or [Q] with one batch), got "
+                         f"{tuple(sampled.shape)}")
+    check.positive_int("topk", topk)
+    if topk > sampled.shape[1]:
+        raise ValueError(f"`topk` ({topk}) must be <= the number of sampled items Q = {sampled.shape[1]}")
+    _check_adam_numbers(reg_weight, lr, beta1, beta2, eps, weight_decay)
+    check.numbers(("batch_fraction", batch_fraction, 0 <= batch_fraction < float("inf"), "finite and >= 0"),
+                  ("s_min", s_min, s_min == s_min, "a number (not NaN)"))
+    check_dual_state(mu, (("gmom", gmom), ("gamma", gamma), ("rho", rho), ("mhat", mhat)), lam, eta, alpha, metric,
+                     target, validate)
+    if validate or not has_op("fairdual_bpr_adam_step"):
+        _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
+                     item_step, users, pos, neg, None)
+        check_item_groups(group_ids, group_weights, item_emb, mu.numel(), validate)
+        check.same_device(("user_emb", user_emb), ("mu", mu), ("sampled", sampled))
+        check.id_range("sampled", sampled, item_emb.shape[0], "item id")
+        if signal_items is not None:
+            check.floating("signal_items", signal_items)
+            if signal_items.shape != item_emb.shape or signal_items.dtype != item_emb.dtype:
+                raise ValueError(f"`signal_items` must be shaped like `item_emb` {tuple(item_emb.shape)} with dtype "
+                                 f"{item_emb.dtype}, got {signal_items.dtype} {tuple(signal_items.shape)}")
+            check.same_device(("item_emb", item_emb), ("signal_items", signal_items))
+    args = (user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+            users, pos, neg, mu, gmom, gamma, sampled, signal_items, group_ids, group_weights, rho, mhat, topk,
+            utility == "sigmoid", weight_mode == "topk_exposure", float(s_min), float(batch_fraction), float(lam),
+            float(eta), float(alpha), metric == "weighted", target == "remaining", float(reg_weight),
+            bool(sigmoid_scores), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
+    with torch.no_grad():
+        if has_op("fairdual_bpr_adam_step"):
+            return torch.ops.fairlit.fairdual_bpr_adam_step(*args)
+        return reference.fairdual_bpr_adam_step(*args)
+
+
 def _register() -> None:
     # Fake (meta) kernel: the tables and states are updated in place (declared in the schema); the losses are new.
     @torch.library.register_fake("fairlit::bpr_adam_step")
@@ -137,8 +244,15 @@ def _register() -> None:
           users, pos, neg, weight, reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay):
         return user_emb.new_empty((users.shape[0],), dtype=torch.float64)
 
-    # The autograd kernel is C++ (csrc/autograd.cpp): an optimizer step has no derivative; it refuses to run
-    # where autograd would have to record an in-place update of a table that requires grad.
+    @torch.library.register_fake("fairlit::fairdual_bpr_adam_step")  # also updates the dual state in place
+    def _(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+          users, pos, neg, mu, gmom, gamma, sampled, signal_items, group_ids, group_weights, rho, mhat, topk,
+          sigmoid_utility, topk_exposure_weights, s_min, batch_fraction, lam, eta, alpha, weighted, remaining,
+          reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay):
+        return user_emb.new_empty((users.shape[0],), dtype=torch.float64), user_emb.new_empty(tuple(users.shape))
+
+    # The autograd kernels are C++ (csrc/autograd.cpp): an optimizer step has no derivative; they refuse to run
+    # where autograd would have to record an in-place update of a table (or dual state) that requires grad.
 
 
 if has_op("bpr_adam_step"):

@@ -11,7 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_fairneg_method import datamodule, make_data, module, trainer
 
+from fairlit import ops
 from fairlit.methods import BPR, DNS, DPR, DRO, SDRO, FairDual, FairNeg, MeanScoreReg
+from fairlit.methods.weighted import WeightedLoss
 from fairlit.models import MF, LightGCN
 
 
@@ -62,6 +64,47 @@ def test_fused_weighted_training_equals_autograd_training(tmp_path, cls, kwargs)
     assert fused.trainer.global_step == plain.trainer.global_step >= 4
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-9, atol=1e-9, msg=name)
+
+
+class PerBatchFairDual(FairDual):
+    """FairDual's per-batch fused path (the one DDP takes) instead of its `ops.fairdual_bpr_adam_step` runs."""
+
+    def fused_weighted_steps(self, adam, parts):
+        return WeightedLoss.fused_weighted_steps(self, adam, parts)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(preset="fairdiverse", bpr_on_sigmoid=True, reg_weight=0.01),
+                                    dict(signal="utility", frozen=False, reset="epoch", target="constant",
+                                         metric="euclid", s_min=0.9)])
+def test_fairdual_runs_equal_its_per_batch_steps(tmp_path, monkeypatch, kwargs):
+    """One op call per run of batches trains and logs what the per-batch path does, bit for bit: 5 batches per
+    Lightning step, a frozen-tower refresh every 4 batches, logging every 3, a short last batch."""
+    dm = fairdual_data.datamodule(fairdual_data.make_data(tmp_path), batch_size=16, batches_per_step=5)
+    run_lengths, op = [], ops.fairdual_bpr_adam_step
+
+    def counted(*args, **kw):
+        run_lengths.append(len(args[8]))
+        return op(*args, **kw)
+
+    monkeypatch.setattr(ops, "fairdual_bpr_adam_step", counted)
+    models, logged = [], []
+    for cls in (PerBatchFairDual, FairDual):
+        L.seed_everything(0)
+        m = cls(lambda u, i: MF(u, i, dim=8, init_std=0.1), num_users=dm.num_users, num_items=dm.num_items,
+                num_item_groups=dm.num_item_groups, ks=[5], num_samples=20, topk=5, beta=4, eta=0.05, lam=0.5,
+                fused_step=True, **kwargs)
+        logger = CSVLogger(tmp_path, name=cls.__name__, version=0)
+        fairdual_data.trainer(tmp_path / cls.__name__, max_epochs=2, log_every_n_steps=3, logger=logger).fit(m, dm)
+        models.append(m)
+        with open(tmp_path / cls.__name__ / "version_0" / "metrics.csv") as f:
+            logged.append([{k: v for k, v in row.items() if v} for row in csv.DictReader(f)])
+    per_batch, runs = models
+    assert runs.trainer.global_step == per_batch.trainer.global_step == int(runs.batch_counter) >= 20
+    assert sum(run_lengths) == runs.trainer.global_step and max(run_lengths) >= 2
+    for name, value in per_batch.state_dict().items():
+        assert torch.equal(runs.state_dict()[name], value), name
+    assert logged[1] == logged[0] and sum("dual/mu_min" in row for row in logged[0]) >= 6
+    assert sum("dual/s_mean" in row for row in logged[0]) >= 6
 
 
 def test_fused_training_logs_the_loss_at_the_same_steps(tmp_path):
