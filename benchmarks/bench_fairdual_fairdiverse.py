@@ -338,7 +338,8 @@ def main() -> None:
                         help="bpr: plain BPR on both sides (FairDiverse without fair-rank, fairlit UNI), a parity check")
     parser.add_argument("--batches-per-step", nargs="+", default=["1", "16", "16f"],
                         help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training); "
-                             "a trailing f: model.fused_step (ops.bpr_adam_step; the same training up to rounding)")
+                             "a trailing f: model.fused_step (FairDual: ops.fairdual_bpr_adam_step, UNI: "
+                             "ops.bpr_adam_step; the same training up to rounding)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

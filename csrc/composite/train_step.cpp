@@ -17,8 +17,10 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 
 #include "../checks.h"
+#include "../cpu/train_step.h"
 
 namespace fairlit {
 namespace {
@@ -72,6 +74,10 @@ std::tuple<at::Tensor, at::Tensor> fairdual_bpr_adam_step(
   auto weights = at::empty({S, B}, user_emb.options());
   const auto fraction = at::full({}, batch_fraction, mu.options());
   const auto slots = static_cast<double>(B * topk);
+  // On CPU the BPR step runs in place with one pair of gradient buffers for all S batches: a bpr_adam_step call per
+  // batch allocates and faults in two table-sized buffers, ~1/3 of a small batch's step.
+  std::optional<BprAdamScratch> cpu_scratch;
+  if (user_emb.is_cpu()) cpu_scratch.emplace(user_emb, item_emb);
   for (int64_t s = 0; s < S; ++s) {
     const auto batch_users = users.select(0, s), batch_pos = pos.select(0, s);
     const auto user = user_emb.index_select(0, batch_users);
@@ -91,10 +97,17 @@ std::tuple<at::Tensor, at::Tensor> fairdual_bpr_adam_step(
     weights.select(0, s).copy_(weight);
     mirror_op.call(mu, gmom, gamma, consumed.to(mu.scalar_type()) / slots, fraction, rho, mhat, lam, eta, alpha,
                    weighted, remaining);
-    losses.narrow(0, s, 1).copy_(bpr_adam_op.call(
-        user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
-        users.narrow(0, s, 1), pos.narrow(0, s, 1), neg.narrow(0, s, 1), weights.narrow(0, s, 1), reg_weight,
-        sigmoid_scores, lr, beta1, beta2, eps, weight_decay));
+    if (cpu_scratch.has_value()) {
+      losses.data_ptr<double>()[s] = bpr_adam_batch_cpu(
+          user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+          batch_users, batch_pos, neg.select(0, s), weights.select(0, s), reg_weight, sigmoid_scores, lr, beta1, beta2,
+          eps, weight_decay, *cpu_scratch);
+    } else {
+      losses.narrow(0, s, 1).copy_(bpr_adam_op.call(
+          user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
+          users.narrow(0, s, 1), pos.narrow(0, s, 1), neg.narrow(0, s, 1), weights.narrow(0, s, 1), reg_weight,
+          sigmoid_scores, lr, beta1, beta2, eps, weight_decay));
+    }
   }
   return {losses, weights};
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "train_step.h"
 
 namespace fairlit {
 namespace {
@@ -99,42 +100,62 @@ at::Tensor bpr_adam_step_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Ten
   check_bpr_adam_inputs(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
                         item_step, users, pos, neg, weight);
   at::AutoDispatchBelowADInplaceOrView guard;  // an optimizer step: no autograd history on the tables
-  const int64_t S = users.size(0), B = users.size(1), M = neg.size(2), d = user_emb.size(1);
+  const int64_t S = users.size(0);
   const auto users_c = users.contiguous(), pos_c = pos.contiguous(), neg_c = neg.contiguous();
-  const int64_t* u = users_c.data_ptr<int64_t>();
-  const int64_t* p = pos_c.data_ptr<int64_t>();
-  const int64_t* n = neg_c.data_ptr<int64_t>();
-  check_ids(u, S * B, user_emb.size(0), "users", "user_emb");
-  check_ids(p, S * B, item_emb.size(0), "pos", "item_emb");
-  check_ids(n, S * B * M, item_emb.size(0), "neg", "item_emb");
-  at::Tensor weight_c = weight.has_value() ? weight->contiguous() : at::Tensor();
+  check_ids(users_c.data_ptr<int64_t>(), users.numel(), user_emb.size(0), "users", "user_emb");  // before any update
+  check_ids(pos_c.data_ptr<int64_t>(), pos.numel(), item_emb.size(0), "pos", "item_emb");
+  check_ids(neg_c.data_ptr<int64_t>(), neg.numel(), item_emb.size(0), "neg", "item_emb");
   auto losses = at::empty({S}, user_emb.options().dtype(at::kDouble));
-  auto grad_user = at::zeros_like(user_emb), grad_item = at::zeros_like(item_emb);
-  const std::vector<at::Tensor> params{user_emb, item_emb}, grads{grad_user, grad_item},
-      exp_avgs{user_exp_avg, item_exp_avg}, exp_avg_sqs{user_exp_avg_sq, item_exp_avg_sq}, steps{user_step, item_step};
-  AT_DISPATCH_FLOATING_TYPES(user_emb.scalar_type(), "bpr_adam_step_cpu", [&] {
-    double* loss_out = losses.data_ptr<double>();
-    for (int64_t s = 0; s < S; ++s) {
-      const scalar_t* w = weight.has_value() ? weight_c.data_ptr<scalar_t>() + s * B : nullptr;
-      // The tables may be re-read after the previous update: take pointers per batch.
-      loss_out[s] = batch_gradient<scalar_t>(user_emb.data_ptr<scalar_t>(), item_emb.data_ptr<scalar_t>(), u + s * B,
-                                             p + s * B, n + s * B * M, w, B, M, d, reg_weight, sigmoid_scores,
-                                             grad_user.data_ptr<scalar_t>(), grad_item.data_ptr<scalar_t>());
-      user_step.add_(1);
-      item_step.add_(1);
-      at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, weight_decay, eps,
-                       /*amsgrad=*/false, /*maximize=*/false);
-      if (s + 1 == S) break;
-      // Fused Adam only reads the gradients (no grad_scale is passed): the batch's rows are all it left non-zero.
-      zero_rows(grad_user.data_ptr<scalar_t>(), u + s * B, B, d);
-      zero_rows(grad_item.data_ptr<scalar_t>(), p + s * B, B, d);
-      zero_rows(grad_item.data_ptr<scalar_t>(), n + s * B * M, B * M, d);
-    }
-  });
+  BprAdamScratch scratch(user_emb, item_emb);
+  double* loss_out = losses.data_ptr<double>();
+  for (int64_t s = 0; s < S; ++s) {
+    loss_out[s] = bpr_adam_batch_cpu(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq,
+                                     user_step, item_step, users_c[s], pos_c[s], neg_c[s],
+                                     weight.has_value() ? (*weight)[s] : at::Tensor(), reg_weight, sigmoid_scores, lr,
+                                     beta1, beta2, eps, weight_decay, scratch);
+  }
   return losses;
 }
 
 }  // namespace
+
+BprAdamScratch::BprAdamScratch(const at::Tensor& user_emb, const at::Tensor& item_emb)
+    : grad_user(at::zeros_like(user_emb)), grad_item(at::zeros_like(item_emb)) {}
+
+double bpr_adam_batch_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Tensor& user_exp_avg,
+                          at::Tensor& user_exp_avg_sq, at::Tensor& item_exp_avg, at::Tensor& item_exp_avg_sq,
+                          at::Tensor& user_step, at::Tensor& item_step, const at::Tensor& users, const at::Tensor& pos,
+                          const at::Tensor& neg, const at::Tensor& weight, double reg_weight, bool sigmoid_scores,
+                          double lr, double beta1, double beta2, double eps, double weight_decay,
+                          BprAdamScratch& scratch) {
+  const int64_t B = users.size(0), M = neg.size(1), d = user_emb.size(1);
+  const auto users_c = users.contiguous(), pos_c = pos.contiguous(), neg_c = neg.contiguous();
+  const int64_t* u = users_c.data_ptr<int64_t>();
+  const int64_t* p = pos_c.data_ptr<int64_t>();
+  const int64_t* n = neg_c.data_ptr<int64_t>();
+  check_ids(u, B, user_emb.size(0), "users", "user_emb");
+  check_ids(p, B, item_emb.size(0), "pos", "item_emb");
+  check_ids(n, B * M, item_emb.size(0), "neg", "item_emb");
+  const at::Tensor weight_c = weight.defined() ? weight.contiguous() : at::Tensor();
+  double loss = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(user_emb.scalar_type(), "bpr_adam_step_cpu", [&] {
+    scalar_t* grad_user = scratch.grad_user.data_ptr<scalar_t>();
+    scalar_t* grad_item = scratch.grad_item.data_ptr<scalar_t>();
+    loss = batch_gradient<scalar_t>(user_emb.data_ptr<scalar_t>(), item_emb.data_ptr<scalar_t>(), u, p, n,
+                                    weight.defined() ? weight_c.data_ptr<scalar_t>() : nullptr, B, M, d, reg_weight,
+                                    sigmoid_scores, grad_user, grad_item);
+    user_step.add_(1);
+    item_step.add_(1);
+    at::_fused_adam_({user_emb, item_emb}, {scratch.grad_user, scratch.grad_item}, {user_exp_avg, item_exp_avg},
+                     {user_exp_avg_sq, item_exp_avg_sq}, {}, {user_step, item_step}, lr, beta1, beta2, weight_decay,
+                     eps, /*amsgrad=*/false, /*maximize=*/false);
+    // Fused Adam only reads the gradients (no grad_scale is passed): the batch's rows are all it left non-zero.
+    zero_rows(grad_user, u, B, d);
+    zero_rows(grad_item, p, B, d);
+    zero_rows(grad_item, n, B * M, d);
+  });
+  return loss;
+}
 
 TORCH_LIBRARY_IMPL(fairlit, CPU, m) { m.impl("bpr_adam_step", &bpr_adam_step_cpu); }
 
