@@ -62,10 +62,10 @@ def make_inputs(c, dtype=torch.float64, mu_dtype=torch.float64, device="cpu"):
     return tensors, options
 
 
-def reference_args(tensors, o):
-    """The reference's positional arguments (the op's schema order) from `make_inputs`' output, on the CPU."""
-    t = [x.detach().cpu().clone() for x in tensors]
-    return (*t[:14], t[14], None if o["signal_items"] is None else o["signal_items"].cpu(), *t[15:19], o["topk"],
+def schema_args(tensors, o, device="cpu"):
+    """The op schema's positional arguments (the reference's too) from `make_inputs`' output, copied to `device`."""
+    t = [x.detach().to(device, copy=True) for x in tensors]
+    return (*t[:14], t[14], None if o["signal_items"] is None else o["signal_items"].to(device), *t[15:19], o["topk"],
             o["utility"] == "sigmoid", o["weight_mode"] == "topk_exposure", o["s_min"], o["batch_fraction"], o["lam"],
             o["eta"], o["alpha"], o["metric"] == "weighted", o["target"] == "remaining", o["reg_weight"],
             o["sigmoid_scores"], o["lr"], o["beta1"], o["beta2"], o["eps"], 0.0)
@@ -77,7 +77,7 @@ def reference_args(tensors, o):
 def test_matches_reference(device, case, dtypes):
     dtype, mu_dtype = dtypes
     tensors, options = make_inputs(case, dtype, mu_dtype, device)
-    want = reference_args(tensors, options)
+    want = schema_args(tensors, options)
     losses, weights = ops.fairdual_bpr_adam_step(*tensors, **options)
     want_losses, want_weights = reference.fairdual_bpr_adam_step(*want)
     assert losses.shape == (case["S"],) and losses.dtype == torch.float64
@@ -87,9 +87,8 @@ def test_matches_reference(device, case, dtypes):
     torch.testing.assert_close(losses.cpu(), want_losses, **tol(dtype, scale))
     names = ("user_emb", "item_emb", "user_exp_avg", "user_exp_avg_sq", "item_exp_avg", "item_exp_avg_sq",
              "user_step", "item_step", "users", "pos", "neg") + DUAL
-    for name, got, expected in zip(names, tensors[:14], want[:14]):
-        torch.testing.assert_close(got.cpu(), expected, **tol(got.dtype if got.is_floating_point() else dtype, scale),
-                                   msg=lambda m, n=name: f"{n}: {m}")
+    for name, got, expected in zip(names, tensors[:14], want[:14]):  # all downstream of scores in `dtype`
+        torch.testing.assert_close(got.cpu(), expected, **tol(dtype, scale), msg=lambda m, n=name: f"{n}: {m}")
     assert float(tensors[6]) == 3 + case["S"]
     if case["weight_mode"] == "target_group":
         assert bool((weights >= case["s_min"]).all())
@@ -151,13 +150,14 @@ def test_topk_exposure_weights_are_one_when_mu_is_zero():
 
 
 @pytest.mark.skipif(not HAS_OP, reason="opcheck needs the compiled library")
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("frozen", [False, True])
-def test_opcheck(frozen):
+def test_opcheck(device, frozen):
     case = dict(S=2, B=3, M=2, num_users=5, num_items=9, Q=6, topk=2, dim=4, G=3, P=2, weight_mode="topk_exposure",
                 utility="sigmoid", frozen=frozen, metric="weighted", target="remaining", s_min=0.0, lam=1.0, eta=0.1,
                 alpha=0.5, mu0="random", reg_weight=0.1, sigmoid=True, seed=3)
-    tensors, o = make_inputs(case, torch.float32)
-    args = reference_args(tensors, o)
+    tensors, o = make_inputs(case, torch.float32, device=device)
+    args = schema_args(tensors, o, device)
     torch.library.opcheck(torch.ops.fairlit.fairdual_bpr_adam_step, args)
 
 
@@ -186,7 +186,7 @@ def test_refuses_to_run_under_autograd():
                                   weight_mode="target_group", utility="exposure", frozen=False, metric="weighted",
                                   target="remaining", s_min=0.0, lam=1.0, eta=0.1, alpha=0.5, mu0=0.0,
                                   reg_weight=0.0, sigmoid=False, seed=0))
-    args = list(reference_args(tensors, o))
+    args = list(schema_args(tensors, o))
     args[11].requires_grad_()
     with pytest.raises(RuntimeError, match="sequence of training steps .* torch.no_grad"):
         torch.ops.fairlit.fairdual_bpr_adam_step(*args)
