@@ -11,7 +11,9 @@
 // E is `signal_items` (FairDual's frozen tower) or, if absent, the live item table Q as it is before batch s's
 // update. The order is FairDual's training step (fairlit/methods/fairdual.py: weights and the dual update from
 // mu before the batch, then the weighted BPR step), so the result equals that Python loop's, bit for bit. The
-// point is the call count: FairDual's step from Python is ~25 small calls, more time than their arithmetic.
+// point is the call count: FairDual's step from Python is ~25 small calls, more time than their arithmetic. On CPU
+// the BPR step is bpr_adam_step's own batch function (csrc/cpu/train_step.h) with gradient buffers kept across the
+// batches; on CUDA it is a bpr_adam_step call per batch.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
