@@ -162,7 +162,7 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
        batch's update), D [G] = its group shares (exposure or σ utility);
     2. sample weights from μ before the update: :math:`w_b = \max(1 − \hat A[i^+_b]·μ, s_{min})` (Eq. 7,
        ``weight_mode="target_group"``) or FairDiverse's :math:`1 − bw_b / \sum_b bw_b` with
-       :math:`bw_b = \mathrm{mean}_g(	ext{row share}_{bg}\, μ_g)` (``"topk_exposure"``; 1 where the sum is 0);
+       :math:`bw_b = \mathrm{mean}_g(\text{row share}_{bg}\, μ_g)` (``"topk_exposure"``; 1 where the sum is 0);
     3. `dual_mirror_step` with d = D / (B·topk) and f = `batch_fraction` (Alg. 1 lines 12–14);
     4. `bpr_adam_step` with w (weighted BPR of Eq. 7 and one Adam update of both tables).
 
