@@ -79,7 +79,10 @@ std::tuple<at::Tensor, at::Tensor> fairdual_bpr_adam_step(
   // On CPU the BPR step runs in place with one pair of gradient buffers for all S batches: a bpr_adam_step call per
   // batch allocates and faults in two table-sized buffers, ~1/3 of a small batch's step.
   std::optional<BprAdamScratch> cpu_scratch;
-  if (user_emb.is_cpu()) cpu_scratch.emplace(user_emb, item_emb);
+  if (user_emb.is_cpu()) {
+    check_bpr_ids_cpu(users.contiguous(), pos.contiguous(), neg.contiguous(), user_emb, item_emb);  // before any update
+    cpu_scratch.emplace(user_emb, item_emb);
+  }
   for (int64_t s = 0; s < S; ++s) {
     const auto batch_users = users.select(0, s), batch_pos = pos.select(0, s);
     const auto user = user_emb.index_select(0, batch_users);

@@ -102,9 +102,7 @@ at::Tensor bpr_adam_step_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Ten
   at::AutoDispatchBelowADInplaceOrView guard;  // an optimizer step: no autograd history on the tables
   const int64_t S = users.size(0);
   const auto users_c = users.contiguous(), pos_c = pos.contiguous(), neg_c = neg.contiguous();
-  check_ids(users_c.data_ptr<int64_t>(), users.numel(), user_emb.size(0), "users", "user_emb");  // before any update
-  check_ids(pos_c.data_ptr<int64_t>(), pos.numel(), item_emb.size(0), "pos", "item_emb");
-  check_ids(neg_c.data_ptr<int64_t>(), neg.numel(), item_emb.size(0), "neg", "item_emb");
+  check_bpr_ids_cpu(users_c, pos_c, neg_c, user_emb, item_emb);  // all batches, before any update
   auto losses = at::empty({S}, user_emb.options().dtype(at::kDouble));
   BprAdamScratch scratch(user_emb, item_emb);
   double* loss_out = losses.data_ptr<double>();
@@ -118,6 +116,13 @@ at::Tensor bpr_adam_step_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Ten
 }
 
 }  // namespace
+
+void check_bpr_ids_cpu(const at::Tensor& users, const at::Tensor& pos, const at::Tensor& neg,
+                       const at::Tensor& user_emb, const at::Tensor& item_emb) {
+  check_ids(users.data_ptr<int64_t>(), users.numel(), user_emb.size(0), "users", "user_emb");
+  check_ids(pos.data_ptr<int64_t>(), pos.numel(), item_emb.size(0), "pos", "item_emb");
+  check_ids(neg.data_ptr<int64_t>(), neg.numel(), item_emb.size(0), "neg", "item_emb");
+}
 
 BprAdamScratch::BprAdamScratch(const at::Tensor& user_emb, const at::Tensor& item_emb)
     : grad_user(at::zeros_like(user_emb)), grad_item(at::zeros_like(item_emb)) {}
@@ -133,9 +138,6 @@ double bpr_adam_batch_cpu(at::Tensor& user_emb, at::Tensor& item_emb, at::Tensor
   const int64_t* u = users_c.data_ptr<int64_t>();
   const int64_t* p = pos_c.data_ptr<int64_t>();
   const int64_t* n = neg_c.data_ptr<int64_t>();
-  check_ids(u, B, user_emb.size(0), "users", "user_emb");
-  check_ids(p, B, item_emb.size(0), "pos", "item_emb");
-  check_ids(n, B * M, item_emb.size(0), "neg", "item_emb");
   const at::Tensor weight_c = weight.defined() ? weight.contiguous() : at::Tensor();
   double loss = 0.0;
   AT_DISPATCH_FLOATING_TYPES(user_emb.scalar_type(), "bpr_adam_step_cpu", [&] {

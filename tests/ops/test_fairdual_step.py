@@ -244,3 +244,5 @@ def test_kernel_checks_without_validation():
         _call(validate=False, sampled=torch.tensor([[0, 1, 2, 7], [0, 1, 2, 3]]))
     with pytest.raises(RuntimeError, match="`signal_items` must be shaped like `item_emb`"):
         _call(validate=False, signal_items=torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="`neg` contains id 9; expected ids in \\[0, 5\\)"):
+        _call(validate=False, neg=torch.tensor([[[0], [1]], [[2], [9]]]))
