@@ -116,6 +116,33 @@ def test_sampled_topk_group_stats_matches_reference(device, b, i, q, d, k, g, wi
     torch.testing.assert_close(got[3].cpu(), want[3], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", devices())
+@given(b=st.integers(1, 70), q=st.integers(16, 400), k=st.integers(1, 30), kind=st.sampled_from(["ties", "distinct"]),
+       special=st.sampled_from([None, "nan", "inf", "-inf"]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_sampled_topk_group_stats_long_rows_match_reference(device, b, q, k, kind, special, dtype, seed):
+    # Rows of at least k blocks of 16 take the CPU kernel's block-maxima path (threshold, then the few blocks that
+    # can hold the top k); rows with a NaN take the entry-by-entry scan. Ties, ±inf and NaN must order as the
+    # reference's stable sort does either way.
+    k = min(k, q)
+    i = q + 7
+    if kind == "ties":
+        user, item = _int_embeddings(b, i, 3, dtype, seed)
+    else:   # multiples of 1/64 below 16: exact scores in float32 too, and rarely equal
+        gen = torch.Generator().manual_seed(seed)
+        user, item = (torch.randint(-1000, 1001, (n, 8), generator=gen).to(dtype) / 64 for n in (b, i))
+    if special is not None:
+        item[seed % i] = float(special)                  # one item (0 · inf gives NaN too) in every row
+    sampled = torch.randperm(i, generator=torch.Generator().manual_seed(seed + 1))[:q]
+    group_ids, group_weights = _group_table(i, 5, 2, seed)
+    got = ops.sampled_topk_group_stats(user.to(device), item.to(device), sampled.to(device), k,
+                                       group_ids.to(device), group_weights.to(device), 5, per_row=True)
+    want = reference.sampled_topk_group_stats(user, item, sampled, k, group_ids, group_weights, 5, False, True)
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(got[1].cpu(), want[1])
+    torch.testing.assert_close(got[3].cpu(), want[3], rtol=1e-12, atol=1e-12)
+
+
 def test_sampled_topk_group_stats_hand_computed_nan_inf_and_ties():
     # Scores by position: 3, NaN, 3, +inf, -inf, 1. Order: NaN, +inf, 3 (pos 0), 3 (pos 2), 1, -inf.
     user = torch.tensor([[1.0]])
