@@ -359,6 +359,7 @@ def main() -> None:
         runs = []
         methods = {"fairdual": ("FairDual", fairdual, ""), "bpr": (None, uni, "BPR (UNI)")}
         for rank_model, make_model, label in [methods[m] for m in args.methods]:
+            fd_epoch_s = None   # the speed-up column: FairDiverse's seconds per epoch over each row's, same seed
             if "fairdiverse" in args.sides:
                 res = run_fairdiverse(python, args.work, args.epochs, seed, rank_model,
                                       UNIFORM_NEGATIVES if args.uniform_negatives else "")
@@ -369,20 +370,24 @@ def main() -> None:
                 print(f"seed {seed}: fairlit's metrics of FairDiverse's scores differ from its own by <= {gap:.2e}")
                 res["test"] = rescored
                 name = "FairDiverse 1.0.0" + (" (uniform negatives)" if args.uniform_negatives else "")
-                runs.append((" ".join([name, label]).strip(), res))
+                fd_epoch_s = res["epoch_s"]
+                runs.append((" ".join([name, label]).strip(), res, fd_epoch_s))
             if "fairlit" in args.sides:
                 for spec in args.batches_per_step:
                     fused = spec.endswith("f")
                     name = f"fairlit{', ' + label if label else ''}, batches_per_step {spec.rstrip('f')}"
                     runs.append((name + (", fused_step" if fused else ""), fit_on_fairdiverse_split(
                         lambda dm, n, f=fused: make_model(dm, n, f), split, args.epochs, seed, 64,
-                        int(spec.rstrip("f")))))
-        for name, res in runs:
-            values = [res["epoch_s"], res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
+                        int(spec.rstrip("f"))), fd_epoch_s))
+        for name, res, fd_epoch_s in runs:
+            speedup = [] if fd_epoch_s is None else [fd_epoch_s / res["epoch_s"]]
+            values = [res["epoch_s"]] + speedup + [res["eval_s"]] + [100 * res["test"][m] for m in METRICS]
             results.setdefault(name, []).append(values)
             rows.append([name, seed] + [f"{v:.2f}" for v in values])
             print(rows[-1], flush=True)
-    table = seed_tables(results, rows, ["implementation", "seed", "s / epoch", "eval s"] + [f"{m} (%)" for m in METRICS])
+    speedup = ["× FairDiverse"] if "fairdiverse" in args.sides else []
+    table = seed_tables(results, rows, ["implementation", "seed", "s / epoch"] + speedup + ["eval s"]
+                        + [f"{m} (%)" for m in METRICS])
     print(table)
     if args.out:
         write_section(args.out, "bench_fairdual_fairdiverse", table)
