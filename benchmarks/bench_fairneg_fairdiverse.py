@@ -83,13 +83,14 @@ _atexit.register(_record)
 '''
 
 
-def fairneg(dm, _num_train_rows: int, seed: int, fused_step: bool = False):
-    """fairlit's FairNeg computing what FairDiverse's does (module docstring; its N is not used by FairNeg)."""
+def fairneg(dm, _num_train_rows: int, seed: int, fused_step: bool = False, w_fair: float = 0.3):
+    """fairlit's FairNeg computing what FairDiverse's does (module docstring; its N is not used by FairNeg);
+    ``w_fair`` 0.3 is FairDiverse's mix."""
     from fairlit.methods import FairNeg
     from fairlit.models import MF
 
     return FairNeg(lambda u, i: MF(u, i, dim=32, init_std=0.01), num_users=dm.num_users, num_items=dm.num_items,
-                   num_item_groups=dm.num_item_groups, ks=[5, 10, 20], lr=1e-3, w_fair=0.3, tau=0.1, alpha=0.2,
+                   num_item_groups=dm.num_item_groups, ks=[5, 10, 20], lr=1e-3, w_fair=w_fair, tau=0.1, alpha=0.2,
                    gamma=0.1, imp_score="logit", bpr_on_sigmoid=True, sample_seed=seed, fused_step=fused_step)
 
 
