@@ -76,6 +76,33 @@ def test_topk_scores_random_floats_across_item_tiles(b, i, k, seed):
     torch.testing.assert_close(values, ref_values)
 
 
+@pytest.mark.parametrize("device", devices())
+@given(b=st.integers(1, 24), i=st.integers(16, 9000), k=st.integers(1, 40),
+       kind=st.sampled_from(["ties", "distinct", "overflow"]), excluded=st.integers(0, 400),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_topk_scores_long_rows_match_reference(device, b, i, k, kind, excluded, dtype, seed):
+    # Full-ranking rows long enough for the CPU kernel's block path, over one or three 4096-item tiles: ties,
+    # +-inf scores (finite embeddings whose products overflow), many exclusions, and a row left with fewer than k
+    # eligible items (padding). Excluded items score -inf inside the kernel: they must still never appear.
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "ties":
+        user, item = _int_embeddings(b, i, 3, dtype, seed)
+    elif kind == "distinct":   # multiples of 1/64 below 16: exact scores in float32 too, and rarely equal
+        user, item = (torch.randint(-1000, 1001, (n, 8), generator=gen).to(dtype) / 64 for n in (b, i))
+    else:                      # d = 1: u * max is +-inf (or 0), never NaN
+        user, item = _int_embeddings(b, i, 1, dtype, seed)
+        item[seed % i] = torch.finfo(dtype).max
+    rows = [torch.randperm(i, generator=gen)[:max(i - k // 2, 0)]]          # row 0: fewer than k items left
+    rows += [torch.randint(0, i, (int(torch.randint(0, excluded + 1, (1,), generator=gen)),), generator=gen)
+             for _ in range(b - 1)]
+    indptr = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    indices = torch.cat(rows)
+    values, ids = ops.topk_scores(user.to(device), item.to(device), k, None, indptr.to(device), indices.to(device))
+    ref_values, ref_ids = reference.topk_scores(user, item, k, None, indptr, indices)
+    assert torch.equal(ids.cpu(), ref_ids)
+    assert torch.equal(values.cpu(), ref_values)
+
+
 def test_topk_scores_hand_computed_ties_exclusions_and_padding():
     user = torch.tensor([[1.0], [1.0]])
     item = torch.tensor([[2.0], [3.0], [3.0], [1.0]])
