@@ -336,7 +336,7 @@ def main() -> None:
                         help="patch FairDiverse's pair sampler, which returns item 0 as the negative of most rows")
     parser.add_argument("--methods", nargs="+", choices=["fairdual", "bpr"], default=["fairdual"],
                         help="bpr: plain BPR on both sides (FairDiverse without fair-rank, fairlit UNI), a parity check")
-    parser.add_argument("--batches-per-step", nargs="+", default=["1", "16", "16f"],
+    parser.add_argument("--batches-per-step", nargs="+", default=["1", "16", "16f", "64f"],
                         help="fairlit runs: batches of 64 per Lightning step (data.batches_per_step; same training); "
                              "a trailing f: model.fused_step (FairDual: ops.fairdual_bpr_adam_step, UNI: "
                              "ops.bpr_adam_step; the same training up to rounding)")
