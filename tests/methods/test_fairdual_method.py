@@ -13,6 +13,7 @@ from fairlit.data import RecDataModule
 from fairlit.methods import FairDual
 from fairlit.methods.weighted import Forward, ItemGroupTable
 from fairlit.models import MF
+from tests.conftest import ReleaseProcessGroup
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
 
@@ -224,7 +225,8 @@ def test_ddp_two_processes_equal_one_process_on_same_global_batches(tmp_path, pe
     trainer(tmp_path, limit_train_batches=steps).fit(single, datamodule=datamodule(folder, batch_size=32))
     torch.manual_seed(0)
     ddp = module(datamodule(folder, batch_size=16), beta=2)
-    trainer(tmp_path, limit_train_batches=steps // per_step, devices=2, strategy="ddp_spawn").fit(
+    trainer(tmp_path, limit_train_batches=steps // per_step, devices=2, strategy="ddp_spawn",
+            callbacks=[ReleaseProcessGroup()]).fit(
         ddp, datamodule=datamodule(folder, batch_size=16, batches_per_step=per_step))
     assert int(ddp.batch_counter) == int(single.batch_counter) == steps
     assert not torch.equal(single.mu, torch.zeros_like(single.mu))

@@ -18,6 +18,7 @@ from fairlit.data import RecDataModule
 from fairlit.methods import BPR, DNS, FairNeg, FairStatic, MeanScoreReg
 from fairlit.methods._fairneg_sampler import draw_stacked, stacked_cdf
 from fairlit.models import MF
+from tests.conftest import ReleaseProcessGroup
 
 GENRES = ("Sci-Fi", "Horror", "Children's")
 
@@ -244,7 +245,8 @@ def test_ddp_two_processes_equal_one(tmp_path, outer_update_at):
     trainer(tmp_path / "one", max_epochs=2).fit(one, dm1)
     L.seed_everything(0)
     two = module(dm2, outer_update_at=outer_update_at)
-    trainer(tmp_path / "two", max_epochs=2, devices=2, strategy="ddp_spawn").fit(two, dm2)
+    trainer(tmp_path / "two", max_epochs=2, devices=2, strategy="ddp_spawn",
+            callbacks=[ReleaseProcessGroup()]).fit(two, dm2)
     assert int(two.num_updates) == int(one.num_updates) == 2
     torch.testing.assert_close(two.p, one.p, rtol=0, atol=1e-6)
     torch.testing.assert_close(two.v, one.v, rtol=0, atol=1e-6)
