@@ -7,19 +7,16 @@
 // Forward and backward call the ops through the dispatcher, so the CPU, CUDA and fake kernels all serve
 // (torch.compile traces through these functions).
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "op_handle.h"
+
 namespace {
 
+using fairlit::op_handle;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // scores[b, c] = <user_emb[b], item_emb[candidates[b, c]]>; gradients from score_candidates_backward.
 class ScoreCandidates : public torch::autograd::Function<ScoreCandidates> {
@@ -139,8 +136,7 @@ at::Tensor bpr_adam_step_autograd(at::Tensor& user_emb, at::Tensor& item_emb, at
                                   const at::Tensor& pos, const at::Tensor& neg, const std::optional<at::Tensor>& weight,
                                   double reg_weight, bool sigmoid_scores, double lr, double beta1, double beta2,
                                   double eps, double weight_decay) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fairlit::bpr_adam_step", "").typed<decltype(bpr_adam_step_autograd)>();
+  static auto op = op_handle<decltype(bpr_adam_step_autograd)>("fairlit::bpr_adam_step");
   TORCH_CHECK(!at::GradMode::is_enabled() || !(user_emb.requires_grad() || item_emb.requires_grad()),
               "fairlit: bpr_adam_step is an optimizer step (no derivative); call it under torch.no_grad() "
               "(fairlit.ops.bpr_adam_step does)");
@@ -154,9 +150,7 @@ at::Tensor bpr_adam_step_autograd(at::Tensor& user_emb, at::Tensor& item_emb, at
 void dual_mirror_step_autograd(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, const at::Tensor& share,
                                const at::Tensor& batch_fraction, const at::Tensor& rho, const at::Tensor& mhat,
                                double lam, double eta, double alpha, bool weighted, bool remaining) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fairlit::dual_mirror_step", "")
-                       .typed<decltype(dual_mirror_step_autograd)>();
+  static auto op = op_handle<decltype(dual_mirror_step_autograd)>("fairlit::dual_mirror_step");
   TORCH_CHECK(!at::GradMode::is_enabled() ||
                   !(mu.requires_grad() || gmom.requires_grad() || gamma.requires_grad() || share.requires_grad() ||
                     batch_fraction.requires_grad()),

@@ -15,7 +15,6 @@
 // the BPR step is bpr_adam_step's own batch function (csrc/cpu/train_step.h) with gradient buffers kept across the
 // batches; on CUDA it is a bpr_adam_step call per batch.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -23,14 +22,10 @@
 
 #include "../checks.h"
 #include "../cpu/train_step.h"
+#include "../op_handle.h"
 
 namespace fairlit {
 namespace {
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 using SignalOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&, int64_t,
