@@ -31,12 +31,14 @@ def extensions():
 
     with_cuda = _flag("FAIRLIT_FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/composite/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp" if os.name != "nt" else "/openmp"]
+    # No -std flag: BuildExtension adds the standard the installed torch needs (C++20 for torch 2.13, whose
+    # headers use C++20 bit-field initialisers; C++17 for older ones).
+    cxx = ["-O3", "-fopenmp" if os.name != "nt" else "/openmp"]
     extra = {"cxx": cxx}
     ext_cls = CppExtension
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         ext_cls = CUDAExtension
     _write_build_info(torch.__version__, with_cuda)
     ext = ext_cls("fairlit._C", sources, extra_compile_args=extra, extra_link_args=["-fopenmp"],
