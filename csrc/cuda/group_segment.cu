@@ -132,7 +132,7 @@ at::Tensor counts_from(const SegmentPlan& plan, int64_t num_groups) {
 template <typename acc_t, typename Reader>
 void segmented_reduce(const Reader& read, const SegmentPlan& plan, int64_t num_groups, int64_t width,
                       at::Tensor& out) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor partial = at::empty({plan.blocks, width}, out.options());
   const int tx = cuda::lanes_for(width);
   const dim3 block(tx, kThreads / tx);
@@ -277,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> group_bpr_loss_backward_cuda(const at::Tensor
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_m = m > 0 ? acc_t(1) / acc_t(m) : acc_t(0);
     bpr_backward_kernel<scalar_t, acc_t>
-        <<<cuda::blocks_for(rows, kThreads / lanes), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        <<<cuda::blocks_for(rows, kThreads / lanes), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             gl.data_ptr<acc_t>(), p.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
             w.defined() ? w.data_ptr<scalar_t>() : nullptr, g.data_ptr<int64_t>(), rows, m, num_groups, inv_m, lanes,
             grad_pos.data_ptr<scalar_t>(), grad_neg.data_ptr<scalar_t>());

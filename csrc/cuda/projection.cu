@@ -309,7 +309,7 @@ void launch(const at::Tensor& mu, const at::Tensor& mhat, const at::Tensor& lam,
             bool weighted, at::Tensor& out, at::Tensor& grad_lam) {
   const int64_t rows = mu.size(0), groups = mu.size(1);
   TORCH_CHECK(groups < INT_MAX, "fairlit: G must be < 2^31 for the CUDA kernel, got ", groups);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const unsigned int blocks = cuda::blocks_for(rows, 1);
   SortedRows sorted;
   if (groups > kMaxFused) sorted = sort_rows(mu, mhat, weighted);
@@ -398,7 +398,7 @@ void dual_mirror_step_cuda(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, 
   at::Tensor tilde = at::empty({1, groups}, mu.options());
   constexpr int kThreads = 256;
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "fairlit_dual_mirror_step_cuda", [&] {
-    mirror_step_kernel<scalar_t><<<cuda::blocks_for(groups, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    mirror_step_kernel<scalar_t><<<cuda::blocks_for(groups, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         mu.data_ptr<scalar_t>(), gmom.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
         f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), groups,
         static_cast<scalar_t>(1.0 - alpha), static_cast<scalar_t>(alpha), static_cast<scalar_t>(eta), weighted,

@@ -88,7 +88,7 @@ at::Tensor scores_of(const at::Tensor& u, const at::Tensor& it, const at::Tensor
   const int lanes = cuda::lanes_for(dim);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fairlit_score_candidates_cuda", [&] {
     score_kernel<scalar_t><<<cuda::blocks_for(pairs, kThreads / lanes, int64_t(1) << 20), kThreads, 0,
-                             at::cuda::getCurrentCUDAStream()>>>(
+                             c10::cuda::getCurrentCUDAStream()>>>(
         u.data_ptr<scalar_t>(), it.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(), shared, batch, ncand, items, dim,
         lanes, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -181,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> score_candidates_backward_cuda(const at::Tens
   const at::Tensor flat = shared ? cand.unsqueeze(0).expand({batch, ncand}).reshape({pairs}) : cand.view({pairs});
   at::Tensor sorted_ids, pair_of;
   std::tie(sorted_ids, pair_of) = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fairlit_score_candidates_bwd_cuda", [&] {
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, cuda::ceil_div(dim, 32) * 32));
     grad_user_kernel<scalar_t><<<cuda::blocks_for(batch, 1), threads, 0, stream>>>(
@@ -360,7 +360,7 @@ unsigned int mark_blocks(int64_t nnz) { return cuda::blocks_for(nnz, kThreads, /
 at::Tensor topk_keys_full(const at::Tensor& u, const at::Tensor& it, int64_t k, const Exclusions& ex,
                           int64_t tile) {
   const int64_t batch = u.size(0), items = it.size(0);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor sorted_items, entry_of;
   if (ex.nnz > 0) std::tie(sorted_items, entry_of) = at::sort(ex.indices, /*stable=*/false, 0, false);
   at::Tensor running;
@@ -391,7 +391,7 @@ at::Tensor topk_keys_full(const at::Tensor& u, const at::Tensor& it, int64_t k, 
 std::tuple<at::Tensor, at::Tensor> topk_double_full(const at::Tensor& u, const at::Tensor& it, int64_t k,
                                                     const Exclusions& ex, int64_t tile) {
   const int64_t batch = u.size(0), items = it.size(0);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor sorted_items, entry_of;
   if (ex.nnz > 0) std::tie(sorted_items, entry_of) = at::sort(ex.indices, /*stable=*/false, 0, false);
   at::Tensor run_neg, run_ids;
@@ -445,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cuda(const at::Tensor& user_emb, 
   at::Tensor indices = at::empty({batch, k}, user_emb.options().dtype(at::kLong));
   if (batch == 0) return {values, indices};
   const at::Tensor u = user_emb.contiguous(), it = item_emb.contiguous();
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   // Ranked entries [B, kk] (kk <= k) in rank order: keys, or (neg_scores, ids) for float64.
   at::Tensor keys, neg, ids;
@@ -623,7 +623,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_topk_group_st
                                   .to(user_emb.scalar_type()).to(rank_type).contiguous();
     const at::Tensor gid = group_ids.contiguous();
     const at::Tensor gw = group_weights.to(at::kDouble).contiguous();
-    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(rank_type, "fairlit_sampled_topk_group_stats_cuda", [&] {
       sampled_topk_group_kernel<scalar_t><<<static_cast<unsigned int>(batch), kThreads, 0, stream>>>(
           scores.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(), nsampled, items, k, gid.data_ptr<int64_t>(),

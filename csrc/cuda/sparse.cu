@@ -70,7 +70,7 @@ at::Tensor csr_matmul_cuda(const at::Tensor& indptr, const at::Tensor& indices, 
   if (rows == 0 || dim == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs.scalar_type(), "fairlit_csr_matmul_cuda", [&] {
     csr_matmul_kernel<scalar_t><<<cuda::blocks_for(rows, kThreads / kWarp), kThreads, 0,
-                                  at::cuda::getCurrentCUDAStream()>>>(
+                                  c10::cuda::getCurrentCUDAStream()>>>(
         ip.data_ptr<int64_t>(), ix.data_ptr<int64_t>(), v.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rows, cols,
         dim, nnz, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

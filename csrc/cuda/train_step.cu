@@ -100,7 +100,7 @@ at::Tensor bpr_adam_step_cuda(at::Tensor& user_emb, at::Tensor& item_emb, at::Te
       exp_avgs{user_exp_avg, item_exp_avg}, exp_avg_sqs{user_exp_avg_sq, item_exp_avg_sq}, steps{user_step, item_step};
   const int warps = kThreads / kWarp;
   const auto blocks = cuda::blocks_for(B, warps);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(user_emb.scalar_type(), "bpr_adam_step_cuda", [&] {
     for (int64_t s = 0; s < S; ++s) {
       grad_user.zero_();

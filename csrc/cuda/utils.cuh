@@ -1,7 +1,7 @@
 // Device helpers shared by the CUDA kernels: launch sizes, fixed-order (deterministic) reductions,
 // bounded binary searches and the int64 sort key used by topk_scores.
 #pragma once
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
