@@ -24,6 +24,7 @@ SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 NVCC = shutil.which("nvcc")
 ARCH = "sm_90"
 
+
 def setup_nvcc_flags():
     """setup.py's `extra["nvcc"] = [...]`, read from its syntax tree (importing setup.py would run setup())."""
     for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
@@ -41,14 +42,15 @@ def nvcc_command(source, output):
             + cpp_extension.COMMON_NVCC_FLAGS + setup_nvcc_flags() + defines + [f"-I{d}" for d in includes])
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """{source: CompletedProcess} of all sources, compiled concurrently (~40 s each, one per core)."""
-    out = tmp_path_factory.mktemp("nvcc")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        runs = {src: pool.submit(subprocess.run, nvcc_command(src, out / f"{src.stem}.o"), cwd=ROOT,
-                                 capture_output=True, text=True) for src in SOURCES}
-        return {src: run.result() for src, run in runs.items()}
+def compile_and_report(source, out):
+    """nvcc's failure or our files' warnings for one source ("" when it compiles cleanly)."""
+    result = subprocess.run(nvcc_command(source, out / f"{source.stem}.o"), cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"nvcc failed on {source.name}:\n{result.stderr[-6000:]}"
+    # Warnings about our own files (nvcc's "x.cu(12): warning #..." or the host compiler's "x.cu:12:3: warning"),
+    # e.g. an unused variable; torch's headers may warn on their own.
+    return "\n".join(line for line in result.stderr.splitlines()
+                     if re.match(r"\S*csrc/\S+[(:]\d+", line) and "warning" in line)
 
 
 def test_every_op_family_has_a_cuda_source():
@@ -56,12 +58,10 @@ def test_every_op_family_has_a_cuda_source():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_cuda_source_compiles_without_warnings(compiled, source):
-    result = compiled[source]
-    assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stderr[-6000:]}"
-    # Warnings about our own files (nvcc's "x.cu(12): warning #..." or the host compiler's "x.cu:12:3: warning"),
-    # e.g. a host function called from device code; torch's headers may warn on their own.
-    ours = [line for line in result.stderr.splitlines()
-            if re.match(r"\S*csrc/\S+[(:]\d+", line) and "warning" in line]
-    assert not ours, "\n".join(ours)
+def test_cuda_sources_compile_without_warnings(tmp_path):
+    # One test for all sources, compiled concurrently (~40 s each, one per core): under pytest-xdist a
+    # parametrised test would have every worker compile them all.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        reports = list(pool.map(compile_and_report, SOURCES, [tmp_path] * len(SOURCES)))
+    problems = [report for report in reports if report]
+    assert not problems, "\n\n".join(problems)
