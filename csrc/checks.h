@@ -268,7 +268,9 @@ inline void check_bpr_adam_inputs(const at::Tensor& user_emb, const at::Tensor& 
                                    std::pair<const at::Tensor&, const char*>{item_step, "item_step"}}) {
     TORCH_CHECK(step.numel() == 1, "fairlit: `", name, "` must hold one element (Adam's step count), got shape ",
                 step.sizes());
-    check_float(step, name);
+    // float32 as torch.optim.Adam(fused=True) keeps them: the CUDA fused Adam reads them as float32 unchecked.
+    TORCH_CHECK(step.scalar_type() == at::kFloat, "fairlit: `", name, "` (Adam's step count) must be float32, got ",
+                step.scalar_type());
     check_same_device(user_emb, step, "user_emb", name);
   }
   check_index(users, "users");

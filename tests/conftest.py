@@ -16,6 +16,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def deterministic_algorithms(monkeypatch):
+    """`torch.use_deterministic_algorithms(True)` for one test (on CUDA: index_add_ without atomics; cuBLAS with
+    the workspace setting the mode asks for)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 def devices():
     """cpu, plus cuda when a GPU is visible (CUDA cases skip otherwise)."""
     return ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(

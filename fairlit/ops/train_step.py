@@ -68,7 +68,8 @@ def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg
                 raise ValueError(f"`{name}` must be shaped like `{table_name}` {tuple(table.shape)} with dtype "
                                  f"{table.dtype}, got {state.dtype} {tuple(state.shape)}")
     for name, step in (("user_step", user_step), ("item_step", item_step)):
-        check.floating(name, step)
+        if step.dtype != torch.float32:  # as torch.optim.Adam(fused=True); its CUDA kernel reads float32 unchecked
+            raise TypeError(f"`{name}` (Adam's step count) must be float32, got {step.dtype}")
         if step.numel() != 1:
             raise ValueError(f"`{name}` must hold one element (Adam's step count), got shape {tuple(step.shape)}")
     if weight is not None:
@@ -105,14 +106,17 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
 
     with f the identity or the sigmoid (`sigmoid_scores`, FairDiverse's BPR on σ(ŷ)). Its gradient goes to
     ``torch.optim.Adam`` (``fused=True``) with ``lr``, ``betas = (beta1, beta2)``, ``eps`` and (L2, not
-    decoupled) ``weight_decay``: each step adds 1 to both step counters and updates the moments.
+    decoupled) ``weight_decay``: each step adds 1 to both step counters and updates the moments. On CUDA the
+    gradient terms of batch rows that share a user or an item are summed by ``index_add_``: deterministic under
+    ``torch.use_deterministic_algorithms(True)``, otherwise the last bits may vary between runs.
 
     Args:
         user_emb: [m, d] P, float32 or float64, contiguous (e.g. ``nn.Embedding.weight``).
         item_emb: [n, d] Q, same dtype and device.
         user_exp_avg, user_exp_avg_sq: Adam's moments of P ([m, d], Adam's state ``exp_avg`` / ``exp_avg_sq``).
         item_exp_avg, item_exp_avg_sq: Adam's moments of Q ([n, d]).
-        user_step, item_step: Adam's step counters (one-element float tensors on the tables' device).
+        user_step, item_step: Adam's step counters (one-element float32 tensors on the tables' device, as
+            ``torch.optim.Adam(fused=True)`` keeps them).
         users: [B] int64 (one batch) or [S, B] (S batches, applied in order).
         pos: positives, the shape of `users`.
         neg: negatives [B] / [B, M] (one batch) or [S, B] / [S, B, M].
@@ -167,7 +171,8 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
     4. `bpr_adam_step` with w (weighted BPR of Eq. 7 and one Adam update of both tables).
 
     This is what `fairlit.methods.FairDual` runs per batch with ``fused_step=True`` on one process (the same
-    result: the same kernels in the same order), as one call: from Python the step is ~25 small calls.
+    result: the same kernels in the same order; on CUDA bit for bit under ``torch.use_deterministic_algorithms``,
+    as `bpr_adam_step` is deterministic there), as one call: from Python the step is ~25 small calls.
 
     Args:
         user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step:
@@ -188,7 +193,8 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
         reg_weight, sigmoid_scores, lr, beta1, beta2, eps, weight_decay: as for `bpr_adam_step`.
         validate: the checks of the three ops with ``validate=True`` (ids, group ids, finite state; host syncs on
             CUDA). With False only shapes, dtypes, devices and the Python numbers are checked (the kernels still
-            check ids on CPU).
+            check ids on CPU; on CUDA an out-of-range user, positive or group id stops at a device-side assert of
+            the row gathers, as torch indexing does).
 
     Returns:
         (losses [S] float64, each batch's loss; weights [S, B] in the tables' dtype, each batch's w). Detached;

@@ -97,8 +97,9 @@ def test_matches_reference(device, case, dtypes):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("weight_mode, utility, frozen", [("target_group", "exposure", True),
                                                           ("topk_exposure", "sigmoid", False)])
-def test_equals_the_loop_of_its_three_ops(device, weight_mode, utility, frozen):
-    """Bit for bit what FairDual's per-batch path computes: signal op, weights, dual_mirror_step, bpr_adam_step."""
+def test_equals_the_loop_of_its_three_ops(device, weight_mode, utility, frozen, deterministic_algorithms):
+    """Bit for bit what FairDual's per-batch path computes: signal op, weights, dual_mirror_step, bpr_adam_step (on
+    CUDA in deterministic mode: bpr_adam_step's gradient sums are index_add_'s, with atomics otherwise)."""
     case = dict(S=4, B=6, M=2, num_users=7, num_items=15, Q=9, topk=3, dim=8, G=3, P=2, weight_mode=weight_mode,
                 utility=utility, frozen=frozen, metric="weighted", target="remaining", s_min=0.0, lam=0.5, eta=0.5,
                 alpha=0.3, mu0="random", reg_weight=0.1, sigmoid=True, seed=5)

@@ -177,6 +177,8 @@ def _call(**change):
     (dict(item_exp_avg=torch.zeros(5, 2)), ValueError, "`item_exp_avg` must be shaped like `item_emb`"),
     (dict(user_step=torch.zeros(2)), ValueError, "`user_step` must hold one element"),
     (dict(item_step=torch.zeros((), device="meta")), ValueError, "`item_step` is on meta"),
+    (dict(user_step=torch.zeros((), dtype=torch.float64)), TypeError,
+     "`user_step` \\(Adam's step count\\) must be float32"),
     (dict(lr=-1.0), ValueError, "`lr` must be >= 0"),
     (dict(beta1=1.0), ValueError, "`beta1` must be in \\[0, 1\\)"),
     (dict(reg_weight=float("nan")), ValueError, "`reg_weight` must be >= 0"),
@@ -198,3 +200,5 @@ def test_kernel_checks_state_without_validation():
         _call(item_exp_avg=torch.zeros(5, 2), validate=False)
     with pytest.raises(RuntimeError, match="`weight` dtype must match the tables"):
         _call(weight=torch.ones(2, dtype=torch.float64), validate=False)
+    with pytest.raises(RuntimeError, match="`item_step` \\(Adam's step count\\) must be float32, got Double"):
+        _call(item_step=torch.zeros((), dtype=torch.float64), validate=False)
