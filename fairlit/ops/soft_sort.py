@@ -63,7 +63,8 @@ def neuralsort(scores: torch.Tensor, tau: float, k: int | None = None, *,
         scores: [B, N] float (half inputs accumulate in float32).
         tau: temperature > 0.
         k: number of leading rows, 1 <= k <= N (default N: the full matrix).
-        validate: check that scores are finite (a host sync on CUDA).
+        validate: check that scores are finite (a host sync on CUDA). Without it the CPU kernel still rejects a
+            non-finite score; the CUDA kernel does not check (its result is then undefined, its reads in bounds).
 
     Returns:
         P [B, k, N] in the dtype of `scores`; rows sum to 1. Differentiable in `scores`
@@ -90,7 +91,7 @@ def soft_rank_gain(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int
         tau: temperature > 0.
         k: number of soft ranks, 1 <= k <= N.
         discounts: optional [k] float weights d_r (default DCG discounts).
-        validate: check that scores are finite.
+        validate: check that scores are finite (see `neuralsort`).
 
     Returns:
         [B] in the dtype of `scores`. Differentiable in `scores`, `gains` and `discounts`.
@@ -122,7 +123,7 @@ def soft_ndcg(scores: torch.Tensor, relevance: torch.Tensor, tau: float, k: int,
         relevance: [B, N] non-negative, dtype and device of `scores`.
         tau: temperature > 0.
         k: cut-off, 1 <= k <= N.
-        validate: check that scores are finite.
+        validate: check that scores are finite (see `neuralsort`).
 
     Returns:
         [B] in the dtype of `scores`, in [0, 1] for non-negative relevance. Differentiable in `scores`.
