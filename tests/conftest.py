@@ -1,5 +1,9 @@
 import os
 
+# cuBLAS reads its workspace setting once, at its first GEMM in the process: set before any test runs one, for the
+# tests in deterministic mode (`deterministic_algorithms`) on CUDA.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 import lightning as L
 import pytest
 import torch
@@ -17,10 +21,8 @@ def _seed():
 
 
 @pytest.fixture
-def deterministic_algorithms(monkeypatch):
-    """`torch.use_deterministic_algorithms(True)` for one test (on CUDA: index_add_ without atomics; cuBLAS with
-    the workspace setting the mode asks for)."""
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def deterministic_algorithms():
+    """`torch.use_deterministic_algorithms(True)` for one test (on CUDA: index_add_ without atomics)."""
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     yield

@@ -174,10 +174,10 @@ class FairDual(WeightedLoss):
             consumed = self.groups.scatter(pos, util.sum(1))
         if not topk_exposure:
             weights = (1 - self.groups.mix(pos, self.mu)).clamp(min=self.hparams.s_min)
-            stats = torch.cat([consumed, consumed.new_tensor([len(pos)])])
+            stats = torch.cat([consumed, consumed.new_full((1,), len(pos))])
         else:
             bw = (per_row * self.mu).mean(1)                                     # [B]
-            stats = torch.cat([consumed, consumed.new_tensor([len(pos)]), bw.sum().view(1)])
+            stats = torch.cat([consumed, consumed.new_full((1,), len(pos)), bw.sum().view(1)])
         (stats,) = self.all_reduce_sum(stats)
         groups = self.mu.numel()
         if topk_exposure:

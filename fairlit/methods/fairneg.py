@@ -284,8 +284,8 @@ class FairNeg(BPR):
 
     def negatives(self, batch: dict[str, Tensor]) -> Tensor:
         neg = self.draw_negatives(batch["user"], batch["pos"])
-        self._t("neg_group_count").add_(torch.bincount(self._t("item_group")[neg],
-                                                       minlength=self.hparams.num_item_groups))
+        groups = self._t("item_group")[neg]  # counted by index_add_: bincount reads its max back (a CUDA sync)
+        self._t("neg_group_count").index_add_(0, groups, torch.ones_like(groups, dtype=torch.float64))
         return neg.unsqueeze(1)
 
     def negatives_follow_model(self) -> bool:
