@@ -10,8 +10,9 @@
 #   sanitize  compute-sanitizer memcheck over the out-of-range-id tests (validate=False)
 #   dryrun    on a machine WITHOUT a GPU, before asking for one: tests/ops/test_cuda.py rewritten to CPU
 #             tensors, so the test code itself runs (values vs the references) and its bugs cost no device
-#             time. Expected to fail only: test_every_op_has_a_cuda_kernel and the out_of_range tests (the
-#             CPU kernels reject the ids the CUDA ones skip): 6 failures.
+#             time. Expected to fail only: test_every_op_has_a_cuda_kernel, the out_of_range tests (the
+#             CPU kernels reject the ids the CUDA ones skip) and the CUDA-fallback test (CPU inputs never fall
+#             back): 7 failures.
 # Each stage has its own time box, so a slow one cannot swallow the rest. Logs go to $OUT (default gpu_out).
 #
 #     bash benchmarks/gpu_check.sh build test fit && bash benchmarks/gpu_check.sh bench sanitize

@@ -1,7 +1,9 @@
 """Loads the compiled library `fairlit._C` once and says which backend each op uses.
 
 If the library is missing, disabled (FAIRLIT_NO_EXT=1) or was built for another torch, one warning says
-what was expected and what was found, and every public op falls back to `fairlit.ops.reference`.
+what was expected and what was found, and every public op falls back to `fairlit.ops.reference`. If it was built
+without CUDA kernels (a CUDA torch but no CUDA toolkit at install time) and a GPU is visible, one warning says so
+and ops on CUDA tensors use the reference, ops on CPU tensors the compiled kernels.
 """
 import os
 import warnings
@@ -40,18 +42,34 @@ HAS_EXT, UNAVAILABLE_REASON = _load()
 if not HAS_EXT:
     warnings.warn(f"fairlit.ops: the compiled library is unavailable ({UNAVAILABLE_REASON}); every op uses its "
                   "pure-PyTorch reference (fairlit.ops.reference).", RuntimeWarning, stacklevel=3)
+    CUDA_KERNELS = False
+else:
+    from fairlit import _build_info
+
+    CUDA_KERNELS = bool(_build_info.WITH_CUDA)
+    if not CUDA_KERNELS and torch.cuda.is_available():
+        warnings.warn(f"fairlit.ops: fairlit._C has no CUDA kernels (built without a CUDA toolkit for torch "
+                      f"{torch.__version__}, CUDA {torch.version.cuda}); ops on CUDA tensors use their pure-PyTorch "
+                      "reference. Reinstall with the toolkit found (CUDA_HOME) to build them.", RuntimeWarning,
+                      stacklevel=3)
 
 
-def has_op(name: str) -> bool:
-    """True when `torch.ops.fairlit.<name>` comes from the compiled library."""
-    return HAS_EXT and hasattr(torch.ops.fairlit, name)
+def has_op(name: str, device: torch.device | None = None) -> bool:
+    """True when `torch.ops.fairlit.<name>` comes from the compiled library and, for a CUDA `device` (that of the
+    op's inputs), the library has CUDA kernels."""
+    return (HAS_EXT and hasattr(torch.ops.fairlit, name)
+            and (device is None or device.type != "cuda" or CUDA_KERNELS))
 
 
 def backend(name: str) -> str:
     """The implementation `fairlit.ops.<name>` runs: ``"cuda"`` (CUDA kernel and a visible GPU), ``"cpp"``
-    (compiled CPU kernel) or ``"reference"`` (pure PyTorch)."""
+    (compiled CPU kernel; with a visible GPU but a library without CUDA kernels, ``"cpp (CUDA tensors:
+    reference)"``) or ``"reference"`` (pure PyTorch)."""
     if not has_op(name):
         return "reference"
-    if torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"fairlit::{name}", "CUDA"):
-        return "cuda"
+    if torch.cuda.is_available():
+        if not CUDA_KERNELS:
+            return "cpp (CUDA tensors: reference)"
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"fairlit::{name}", "CUDA"):
+            return "cuda"
     return "cpp"

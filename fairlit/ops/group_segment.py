@@ -37,7 +37,7 @@ def group_sum(values: torch.Tensor, groups: torch.Tensor, num_groups: int, *, va
     """
     _check_groups("values", values, groups, num_groups, validate)
     check.ndim("values", values, (1, 2), "[N] or [N, D]")
-    if has_op("group_sum"):
+    if has_op("group_sum", values.device):
         return torch.ops.fairlit.group_sum(values, groups, num_groups)
     return reference.group_sum(values, groups, num_groups)
 
@@ -58,7 +58,7 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int, *,
     """
     _check_groups("values", values, groups, num_groups, validate)
     check.ndim("values", values, (1, 2), "[N] or [N, D]")
-    if has_op("group_mean"):
+    if has_op("group_mean", values.device):
         return torch.ops.fairlit.group_mean(values, groups, num_groups)
     return reference.group_mean(values, groups, num_groups)
 
@@ -98,7 +98,7 @@ def group_bpr_loss(pos: torch.Tensor, neg: torch.Tensor, groups: torch.Tensor, n
         check.same_device(("pos", pos), ("weight", weight))
         if weight.shape != pos.shape:
             raise ValueError(f"`weight` must have shape {tuple(pos.shape)}, got {tuple(weight.shape)}")
-    if has_op("group_bpr_loss"):
+    if has_op("group_bpr_loss", pos.device):
         return torch.ops.fairlit.group_bpr_loss(pos, neg, groups, num_groups, weight)
     return reference.group_bpr_loss(pos, neg, groups, num_groups, weight)
 

@@ -92,7 +92,7 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: float | torch.Ten
     lam_rows = _lam_rows(lam, mu, mu_rows.shape[0])
     if validate:  # a float `lam` was checked by _lam_rows
         _check_values(mu, mhat, lam_rows if isinstance(lam, torch.Tensor) else None)
-    if has_op("dual_projection"):
+    if has_op("dual_projection", mu.device):
         out = torch.ops.fairlit.dual_projection(mu_rows, mhat, lam_rows, metric == "weighted")
     else:
         out = reference.dual_projection(mu_rows, mhat, lam_rows, metric == "weighted")
@@ -174,7 +174,7 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
     args = (mu, gmom, gamma, share, batch_fraction, rho, mhat, float(lam), float(eta), float(alpha),
             metric == "weighted", target == "remaining")
     with torch.no_grad():
-        if has_op("dual_mirror_step"):
+        if has_op("dual_mirror_step", mu.device):
             torch.ops.fairlit.dual_mirror_step(*args)
         else:
             reference.dual_mirror_step(*args)

@@ -37,7 +37,7 @@ def score_candidates(user_emb: torch.Tensor, item_emb: torch.Tensor, candidates:
     """
     check.embeddings(user_emb, item_emb)
     _check_candidates(candidates, user_emb, item_emb.shape[0], validate)
-    if has_op("score_candidates"):
+    if has_op("score_candidates", user_emb.device):
         return torch.ops.fairlit.score_candidates(user_emb, item_emb, candidates)
     return reference.score_candidates(user_emb, item_emb, candidates)
 
@@ -76,7 +76,7 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
         check.finite("user_emb", user_emb)
         check.finite("item_emb", item_emb)
     args = (user_emb.detach(), item_emb.detach(), k, candidates, exclude_indptr, exclude_indices)
-    if has_op("topk_scores"):
+    if has_op("topk_scores", user_emb.device):
         return torch.ops.fairlit.topk_scores(*args)
     return reference.topk_scores(*args)
 
@@ -149,7 +149,7 @@ def sampled_topk_group_stats(user_emb: torch.Tensor, item_emb: torch.Tensor, sam
         check.id_range("sampled", sampled, item_emb.shape[0], "item id")
     args = (user_emb.detach(), item_emb.detach(), sampled, k, group_ids, group_weights, num_groups,
             utility == "sigmoid", per_row)
-    if has_op("sampled_topk_group_stats"):
+    if has_op("sampled_topk_group_stats", user_emb.device):
         return torch.ops.fairlit.sampled_topk_group_stats(*args)
     return reference.sampled_topk_group_stats(*args)
 

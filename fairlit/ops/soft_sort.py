@@ -71,7 +71,7 @@ def neuralsort(scores: torch.Tensor, tau: float, k: int | None = None, *,
         (ties use sign(0) = 0, as autograd through `torch.abs` does).
     """
     k = _check_scores(scores, tau, k, validate)
-    if has_op("neuralsort"):
+    if has_op("neuralsort", scores.device):
         return torch.ops.fairlit.neuralsort(scores, float(tau), k)
     return reference.neuralsort(scores, tau, k)
 
@@ -106,7 +106,7 @@ def soft_rank_gain(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int
         check.same_device(("scores", scores), ("discounts", discounts))
         if discounts.shape != (k,):
             raise ValueError(f"`discounts` must be [k] = [{k}], got {tuple(discounts.shape)}")
-    if has_op("soft_rank_gain"):
+    if has_op("soft_rank_gain", scores.device):
         return torch.ops.fairlit.soft_rank_gain(scores, gains, float(tau), k, discounts)[0]
     return reference.soft_rank_gain(scores, gains, tau, k, discounts)
 

@@ -63,7 +63,7 @@ def csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
     if not isinstance(indptr, torch.Tensor) or indptr.dim() != 1 or indptr.numel() < 1:
         raise ValueError("`indptr` must be a 1-D tensor [M + 1] with at least one entry")
     rows, cols = indptr.numel() - 1, x.shape[0]
-    validate = validate or not has_op("csr_matmul")
+    validate = validate or not has_op("csr_matmul", x.device)
     check.csr("indptr", indptr, "indices", indices, rows, "M + 1", cols, "column id", validate)
     if values.shape != indices.shape:
         raise ValueError(f"`values` has {values.numel()} entries but `indices` has {indices.numel()}")
@@ -82,7 +82,7 @@ def csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
     if t_values.requires_grad:
         raise ValueError("csr_matmul does not differentiate w.r.t. the matrix: pass detached transpose values")
     check.same_device(("x", x), ("transpose[0]", t_indptr), ("transpose[1]", t_indices), ("transpose[2]", t_values))
-    if has_op("csr_matmul"):
+    if has_op("csr_matmul", x.device):
         return torch.ops.fairlit.csr_matmul(indptr, indices, values, x, t_indptr, t_indices, t_values)
     return reference.csr_matmul(indptr, indices, values, x, transpose)
 

@@ -134,14 +134,14 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
     """
     users, pos, neg, weight = _batches(users, pos, neg, weight)
     _check_adam_numbers(reg_weight, lr, beta1, beta2, eps, weight_decay)
-    if validate or not has_op("bpr_adam_step"):
+    if validate or not has_op("bpr_adam_step", user_emb.device):
         _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
                      item_step, users, pos, neg, weight)
     args = (user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
             users, pos, neg, weight, float(reg_weight), bool(sigmoid_scores), float(lr), float(beta1), float(beta2),
             float(eps), float(weight_decay))
     with torch.no_grad():
-        if has_op("bpr_adam_step"):
+        if has_op("bpr_adam_step", user_emb.device):
             return torch.ops.fairlit.bpr_adam_step(*args)
         return reference.bpr_adam_step(*args)
 
@@ -220,7 +220,7 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
                   ("s_min", s_min, s_min == s_min, "a number (not NaN)"))
     check_dual_state(mu, (("gmom", gmom), ("gamma", gamma), ("rho", rho), ("mhat", mhat)), lam, eta, alpha, metric,
                      target, validate)
-    if validate or not has_op("fairdual_bpr_adam_step"):
+    if validate or not has_op("fairdual_bpr_adam_step", user_emb.device):
         _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step,
                      item_step, users, pos, neg, None)
         check_item_groups(group_ids, group_weights, item_emb, mu.numel(), validate)
@@ -238,7 +238,7 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
             float(eta), float(alpha), metric == "weighted", target == "remaining", float(reg_weight),
             bool(sigmoid_scores), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
     with torch.no_grad():
-        if has_op("fairdual_bpr_adam_step"):
+        if has_op("fairdual_bpr_adam_step", user_emb.device):
             return torch.ops.fairlit.fairdual_bpr_adam_step(*args)
         return reference.fairdual_bpr_adam_step(*args)
 

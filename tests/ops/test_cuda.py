@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fairlit import ops
-from fairlit.ops import reference
+from fairlit.ops import _library, reference
 from tests.ops.helpers import DTYPES, HAS_OP, tol
 
 pytestmark = [
@@ -60,6 +60,20 @@ def test_every_op_has_a_cuda_kernel():
     for name in names:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
     assert ops.backend("group_sum") == "cuda"
+
+
+def test_cuda_inputs_use_the_reference_when_the_library_has_no_cuda_kernels(monkeypatch):
+    # What a library built without the toolkit does (fairlit/ops/_library.py): CUDA inputs go to the reference.
+    called = []
+    real = reference.group_sum
+    monkeypatch.setattr(reference, "group_sum", lambda *a, **k: called.append(1) or real(*a, **k))
+    values, groups = _rand((50, 3), torch.float32, 0).cuda(), _ints((50,), 0, 4, 1).cuda()
+    with_kernels = ops.group_sum(values, groups, 4)
+    assert not called
+    monkeypatch.setattr(_library, "CUDA_KERNELS", False)
+    fallback = ops.group_sum(values, groups, 4)
+    assert called and fallback.is_cuda
+    torch.testing.assert_close(fallback, with_kernels)
 
 
 # ---- group_segment ---------------------------------------------------------------------------------
