@@ -163,7 +163,7 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
     check_dual_state(mu, (("gmom", gmom), ("gamma", gamma), ("share", share), ("rho", rho), ("mhat", mhat)), lam,
                      eta, alpha, metric, target, validate)
     if not isinstance(batch_fraction, torch.Tensor):
-        batch_fraction = torch.tensor(float(batch_fraction), dtype=mu.dtype, device=mu.device)
+        batch_fraction = torch.full((), float(batch_fraction), dtype=mu.dtype, device=mu.device)  # no H2D copy
     check.floating("batch_fraction", batch_fraction)
     if batch_fraction.numel() != 1:
         raise ValueError(f"`batch_fraction` must be a float or one element, got shape {tuple(batch_fraction.shape)}")

@@ -325,7 +325,7 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
             weight = (1 - mixed).clamp(min=s_min)
         weights.append(weight.to(user_emb.dtype))
         share = (consumed / (users.shape[1] * topk)).to(mu.dtype)
-        fraction = torch.tensor(batch_fraction, dtype=mu.dtype, device=mu.device)
+        fraction = torch.full((), float(batch_fraction), dtype=mu.dtype, device=mu.device)
         dual_mirror_step(mu, gmom, gamma, share, fraction, rho, mhat, lam, eta, alpha, weighted, remaining)
         losses.append(bpr_adam_step(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg,
                                     item_exp_avg_sq, user_step, item_step, users[s:s + 1], pos[s:s + 1],
