@@ -68,7 +68,8 @@ class DRO(WeightedLoss):
             return scale * torch.sqrt(excess + 1e-12) + self.dro_eta
         losses, counts = self.group_losses(batch["pos"], out.loss)
         worst = _present(losses, counts, -math.inf).argmax()
-        q = F.one_hot(worst, len(counts)).to(counts.dtype) * counts.sum() / (counts[worst] + 0.1)
+        worst_count = counts.gather(0, worst.view(1)).squeeze(0)  # counts[worst] would read worst back (a sync)
+        q = F.one_hot(worst, len(counts)).to(counts.dtype) * counts.sum() / (worst_count + 0.1)
         return (self.groups.mix(batch["pos"], q).to(out.loss.dtype) * out.loss).mean()
 
 
