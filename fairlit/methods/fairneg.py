@@ -140,6 +140,9 @@ class FairNeg(BPR):
             ValueError: multi-group items, a group without items, or a user with no candidate negative.
         """
         groups, num_items = self.hparams.num_item_groups, self.hparams.num_items
+        # Built on CPU whatever the inputs' device (one-time set-up; `_t` moves what training reads).
+        train_users, train_items, item_group = train_users.cpu(), train_items.cpu(), item_group.cpu()
+        train_csr = tuple(t.cpu() for t in train_csr)
         if item_group_csr is not None and bool((item_group_csr[0].diff() != 1).any()):
             raise ValueError("FairNeg needs exactly one group per item (item_group='genre_exclusive')")
         grp_size = torch.bincount(item_group, minlength=groups)

@@ -37,6 +37,7 @@ class ItemGroupTable(nn.Module):
 
     def __init__(self, indptr: Tensor, indices: Tensor, weights: Tensor, num_groups: int):
         super().__init__()
+        indptr, indices, weights = indptr.cpu(), indices.cpu(), weights.cpu()  # built on CPU; buffers follow .to()
         counts = indptr.diff()
         if bool((counts == 0).any()):
             raise ValueError(f"{int((counts == 0).sum())} item(s) have no group (first: item "
