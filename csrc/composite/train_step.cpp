@@ -11,11 +11,11 @@
 // E is `signal_items` (FairDual's frozen tower) or, if absent, the live item table Q as it is before batch s's
 // update. The order is FairDual's training step (fairlit/methods/fairdual.py: weights and the dual update from
 // mu before the batch, then the weighted BPR step), so the result equals that Python loop's, bit for bit (on CUDA
-// under torch.use_deterministic_algorithms(True): otherwise bpr_adam_step's index_add_ sums use atomics). The point is the call count:
-// FairDual's step from Python is ~25 small calls, more time than their arithmetic. On CPU the BPR step is
-// bpr_adam_step's own batch function (csrc/cpu/train_step.h) with gradient buffers kept across the batches; on CUDA
-// it is a bpr_adam_step call per batch. With validate=False on CUDA the ids must be valid: the gathers below
-// (index_select) stop at a device-side assert on an out-of-range user, positive or group id.
+// under torch.use_deterministic_algorithms(True): otherwise bpr_adam_step's index_add_ sums use atomics). The
+// point is the call count: FairDual's step from Python is ~25 small calls, more time than their arithmetic. On CPU
+// the BPR step is bpr_adam_step's own batch function (csrc/cpu/train_step.h) with gradient buffers kept across the
+// batches; on CUDA it is a bpr_adam_step call per batch. With validate=False on CUDA the ids must be valid: the
+// gathers below (index_select) stop at a device-side assert on an out-of-range user, positive or group id.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -397,8 +397,9 @@ void dual_mirror_step_cuda(at::Tensor& mu, at::Tensor& gmom, at::Tensor& gamma, 
   const at::Tensor d = share.contiguous(), r = rho.contiguous(), m = mhat.contiguous(), f = batch_fraction.contiguous();
   at::Tensor tilde = at::empty({1, groups}, mu.options());
   constexpr int kThreads = 256;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "fairlit_dual_mirror_step_cuda", [&] {
-    mirror_step_kernel<scalar_t><<<cuda::blocks_for(groups, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    mirror_step_kernel<scalar_t><<<cuda::blocks_for(groups, kThreads), kThreads, 0, stream>>>(
         mu.data_ptr<scalar_t>(), gmom.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
         f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), groups,
         static_cast<scalar_t>(1.0 - alpha), static_cast<scalar_t>(alpha), static_cast<scalar_t>(eta), weighted,

@@ -14,8 +14,13 @@ import torch
 CPP_AUTOGRAD = ("score_candidates", "group_bpr_loss", "dual_projection")
 
 
+def ext_disabled() -> bool:
+    """True when FAIRLIT_NO_EXT asks for the pure-Python ops (the library is then not loaded)."""
+    return os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0")
+
+
 def _load() -> tuple[bool, str]:
-    if os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0"):
+    if ext_disabled():
         return False, "FAIRLIT_NO_EXT=1 is set"
     try:
         from fairlit import _build_info

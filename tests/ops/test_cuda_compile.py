@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
+from fairlit.ops import _library
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 NVCC = shutil.which("nvcc")
@@ -58,8 +60,7 @@ def test_every_op_family_has_a_cuda_source():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.skipif(os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0", "false", "False"),
-                    reason="FAIRLIT_NO_EXT: nothing compiled")
+@pytest.mark.skipif(_library.ext_disabled(), reason="FAIRLIT_NO_EXT: nothing compiled")
 def test_cuda_sources_compile_without_warnings(tmp_path):
     # One test for all sources, compiled concurrently (~40 s each, one per core): under pytest-xdist a
     # parametrised test would have every worker compile them all.
