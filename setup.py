@@ -14,7 +14,8 @@ from setuptools import setup
 
 
 def _flag(name):
-    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+    # Same reading as fairlit.ops._library.ext_disabled (tests/ops/test_library.py checks they agree).
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _write_build_info(torch_version, with_cuda):

@@ -15,8 +15,9 @@ CPP_AUTOGRAD = ("score_candidates", "group_bpr_loss", "dual_projection")
 
 
 def ext_disabled() -> bool:
-    """True when FAIRLIT_NO_EXT asks for the pure-Python ops (the library is then not loaded)."""
-    return os.environ.get("FAIRLIT_NO_EXT", "0") not in ("", "0")
+    """True when FAIRLIT_NO_EXT asks for the pure-Python ops (the library is then not loaded). Unset, empty, 0,
+    false, no and off (any case) leave the library on, as they leave setup.py building it."""
+    return os.environ.get("FAIRLIT_NO_EXT", "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _load() -> tuple[bool, str]:

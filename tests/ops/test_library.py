@@ -31,6 +31,23 @@ def test_backend_names_the_cuda_fallback(monkeypatch):
     assert _library.backend("group_sum") == "cpp"
 
 
+@pytest.mark.parametrize("value", ["", "0", "1", "false", "False", "OFF", "no", " 0 ", "true", "yes", "2"])
+def test_fairlit_no_ext_reads_the_same_at_install_and_at_run_time(monkeypatch, value):
+    # setup.py's _flag decides whether the library is built, _library.ext_disabled whether it is loaded: a value
+    # that built it must not also disable it (or the reverse).
+    setup_py = Path(_library.__file__).parents[2] / "setup.py"
+    if not setup_py.exists():
+        pytest.skip("not a source checkout")
+    flag = next(node for node in ast.parse(setup_py.read_text()).body
+                if isinstance(node, ast.FunctionDef) and node.name == "_flag")
+    namespace = {"os": __import__("os")}
+    exec(compile(ast.Module([flag], type_ignores=[]), str(setup_py), "exec"), namespace)
+    monkeypatch.setenv("FAIRLIT_NO_EXT", value)
+    expected = value.strip().lower() in ("1", "true", "yes", "2")
+    assert namespace["_flag"]("FAIRLIT_NO_EXT") == expected
+    assert _library.ext_disabled() == expected
+
+
 def test_every_op_call_in_a_wrapper_passes_its_inputs_device():
     # A wrapper that asked has_op(name) without the device would send CUDA inputs to a library without CUDA
     # kernels. Module-level calls (registering fakes and autograd formulas) take no device.
