@@ -154,6 +154,37 @@ inline void check_gain_inputs(const at::Tensor& scores, const at::Tensor& gains,
               ", got ", discounts.sizes());
 }
 
+// The backward ops' saved tensors: P [B, k, N] and grad of P's shape for neuralsort, grad [B] and (lse, dots) [B, k]
+// for soft_rank_gain, all on the device of `scores` (a mixed-device call dispatches to the CUDA kernel, where a CPU
+// tensor's pointer would fault).
+inline void check_neuralsort_backward_inputs(const at::Tensor& grad, const at::Tensor& P, const at::Tensor& scores,
+                                             double tau) {
+  check_float(scores, "scores");
+  check_dim(scores, 2, "scores");
+  TORCH_CHECK(P.dim() == 3 && P.size(0) == scores.size(0) && P.size(2) == scores.size(1) &&
+                  grad.sizes() == P.sizes() && P.scalar_type() == scores.scalar_type() &&
+                  grad.scalar_type() == scores.scalar_type(),
+              "fairlit: neuralsort_backward expects grad and P of shape [B, k, N] and the dtype of scores");
+  check_scores(scores, tau, P.size(1));
+  check_same_device(scores, P, "scores", "P");
+  check_same_device(scores, grad, "scores", "grad");
+}
+
+inline void check_soft_rank_gain_backward_inputs(const at::Tensor& grad, const at::Tensor& scores,
+                                                 const at::Tensor& gains, double tau, int64_t k,
+                                                 const at::Tensor& discounts, const at::Tensor& lse,
+                                                 const at::Tensor& dots) {
+  check_scores(scores, tau, k);
+  check_gain_inputs(scores, gains, k, discounts);
+  const int64_t rows = scores.size(0);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == rows, "fairlit: `grad` must be [B] with B = ", rows);
+  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == rows && lse.size(1) == k && dots.sizes() == lse.sizes(),
+              "fairlit: `lse` and `dots` must be [B, k]");
+  check_same_device(scores, grad, "scores", "grad");
+  check_same_device(scores, lse, "scores", "lse");
+  check_same_device(scores, dots, "scores", "dots");
+}
+
 // Validation shared by the sparse kernels (both devices): A [M, N] in CSR (indptr [M + 1], indices [nnz],
 // values [nnz]) times x [N, D]; the transpose CSR (only read by the backward) must describe an [N, M] matrix
 // with the same nnz. Value checks (indptr order, column range) are done by the CPU kernel as it reads them

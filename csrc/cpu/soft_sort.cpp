@@ -125,13 +125,7 @@ at::Tensor neuralsort_cpu(const at::Tensor& scores, double tau, int64_t k) {
 // fade.md §2.7: g_z[r] = P[r] (g_P[r] - g_P[r].P[r]) / tau;  g_s = sum_r alpha_r g_z[r] - vjp_a(sum_r g_z[r]).
 at::Tensor neuralsort_backward_cpu(const at::Tensor& grad, const at::Tensor& P, const at::Tensor& scores,
                                    double tau) {
-  check_float(scores, "scores");
-  check_dim(scores, 2, "scores");
-  TORCH_CHECK(P.dim() == 3 && P.size(0) == scores.size(0) && P.size(2) == scores.size(1) &&
-                  grad.sizes() == P.sizes() && P.scalar_type() == scores.scalar_type() &&
-                  grad.scalar_type() == scores.scalar_type(),
-              "fairlit: neuralsort_backward expects grad and P of shape [B, k, N] and the dtype of scores");
-  check_scores(scores, tau, P.size(1));
+  check_neuralsort_backward_inputs(grad, P, scores, tau);
   const at::Tensor s = scores.contiguous(), p = P.contiguous(), g = grad.contiguous();
   const int64_t rows = s.size(0), n = s.size(1), k = p.size(1);
   at::Tensor grad_scores = at::empty_like(s);
@@ -223,12 +217,8 @@ std::tuple<at::Tensor, at::Tensor> soft_rank_gain_backward_cpu(const at::Tensor&
                                                                const at::Tensor& gains, double tau, int64_t k,
                                                                const at::Tensor& discounts, const at::Tensor& lse,
                                                                const at::Tensor& dots) {
-  check_scores(scores, tau, k);
-  check_gain_inputs(scores, gains, k, discounts);
+  check_soft_rank_gain_backward_inputs(grad, scores, gains, tau, k, discounts, lse, dots);
   const int64_t rows = scores.size(0), n = scores.size(1);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == rows, "fairlit: `grad` must be [B] with B = ", rows);
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == rows && lse.size(1) == k && dots.sizes() == lse.sizes(),
-              "fairlit: `lse` and `dots` must be [B, k]");
   const at::ScalarType acc_type = loss_dtype(scores.scalar_type());
   const at::Tensor s = scores.contiguous(), gn = gains.contiguous();
   const at::Tensor disc = discounts.to(acc_type).contiguous(), go = grad.to(acc_type).contiguous();

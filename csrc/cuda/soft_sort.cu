@@ -512,16 +512,7 @@ at::Tensor neuralsort_cuda(const at::Tensor& scores, double tau, int64_t k) {
 
 at::Tensor neuralsort_backward_cuda(const at::Tensor& grad, const at::Tensor& P, const at::Tensor& scores,
                                     double tau) {
-  check_float(scores, "scores");
-  check_dim(scores, 2, "scores");
-  TORCH_CHECK(P.dim() == 3 && P.size(0) == scores.size(0) && P.size(2) == scores.size(1) &&
-                  grad.sizes() == P.sizes() && P.scalar_type() == scores.scalar_type() &&
-                  grad.scalar_type() == scores.scalar_type(),
-              "fairlit: neuralsort_backward expects grad and P of shape [B, k, N] and the dtype of scores");
-  check_scores(scores, tau, P.size(1));
-  // Mixed-device calls dispatch here too; a CPU tensor's pointer would fault the kernel.
-  check_same_device(scores, P, "scores", "P");
-  check_same_device(scores, grad, "scores", "grad");
+  check_neuralsort_backward_inputs(grad, P, scores, tau);
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor s = scores.contiguous(), p = P.contiguous(), g = grad.contiguous();
   const int64_t rows = s.size(0);
@@ -569,17 +560,9 @@ std::tuple<at::Tensor, at::Tensor> soft_rank_gain_backward_cuda(const at::Tensor
                                                                 const at::Tensor& gains, double tau, int64_t k,
                                                                 const at::Tensor& discounts, const at::Tensor& lse,
                                                                 const at::Tensor& dots) {
-  check_scores(scores, tau, k);
-  check_gain_inputs(scores, gains, k, discounts);
+  check_soft_rank_gain_backward_inputs(grad, scores, gains, tau, k, discounts, lse, dots);
   const int64_t rows = scores.size(0);
   const int n = static_cast<int>(scores.size(1));
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == rows, "fairlit: `grad` must be [B] with B = ", rows);
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == rows && lse.size(1) == k && dots.sizes() == lse.sizes(),
-              "fairlit: `lse` and `dots` must be [B, k]");
-  // Mixed-device calls dispatch here too; a CPU tensor's pointer would fault the kernel.
-  check_same_device(scores, grad, "scores", "grad");
-  check_same_device(scores, lse, "scores", "lse");
-  check_same_device(scores, dots, "scores", "dots");
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::ScalarType acc_type = loss_dtype(scores.scalar_type());
   const at::Tensor s = scores.contiguous(), gn = gains.contiguous();
