@@ -5,6 +5,7 @@ DDP-correct metrics (torchmetrics sum states), and one helper for group state: s
 statistics over all ranks, then apply the same deterministic update on every rank to checkpointed buffers.
 """
 import json
+import math
 import os
 from collections.abc import Callable
 
@@ -21,6 +22,30 @@ from fairlit.metrics.functional import hits_from_csr
 from fairlit.models import MF
 
 STAGES = ("val", "test")
+# RecModule arguments the data module supplies (the CLI links them at instantiation).
+DATA_SIZES = ("num_users", "num_items", "num_item_groups", "num_user_groups")
+
+
+def check_number(name: str, value: float, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ValueError naming the argument `name` unless `value` is a finite number in [low, high] (an open
+    end excludes its bound; None leaves that side unbounded). NaN from a YAML ``.nan`` fails every bound."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bounds = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = ""
+    raise ValueError(f"{name} must be a finite number {bounds}".rstrip() + f", got {value!r}")
 
 
 class FusedAdam(torch.optim.Adam):
@@ -113,6 +138,10 @@ class RecModule(L.LightningModule):
                  num_user_groups: int = 0, eval_item_chunk: int = 4096, fused_step: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        check_number("lr", lr, 0, low_open=True)
+        check_number("weight_decay", weight_decay, 0)
+        if eval_item_chunk < 1:
+            raise ValueError(f"eval_item_chunk must be >= 1 items, got {eval_item_chunk}")
         self.backbone = backbone(num_users, num_items)
         if not ks or min(ks) < 1:
             raise ValueError(f"`ks` must be a non-empty list of cutoffs >= 1, got {ks}")
@@ -135,6 +164,9 @@ class RecModule(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None:
             return
+        if getattr(self.backbone, "sequential", False) and dm.hparams.get("history_length", 1) < 1:
+            raise ValueError(f"{type(self.backbone).__name__} reads each user's history: set data.history_length "
+                             f">= 1 (got {dm.hparams.history_length})")
         if hasattr(self.backbone, "set_interactions"):
             self.backbone.set_interactions(dm.train_users, dm.train_items)
         groups = self.hparams.num_item_groups
@@ -147,6 +179,16 @@ class RecModule(L.LightningModule):
                     ks=self.ks)
                 if dm.item_group is not None:
                     self.metrics[stage]["group_recall"] = GroupRecall(dm.item_group, groups, self.ks)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint trained on data of other sizes before Lightning loads its tensors (which fails
+        with one "size mismatch" per table, naming no argument)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        differ = [f"{name} {saved[name]} there, {self.hparams[name]} here" for name in DATA_SIZES
+                  if name in saved and name in self.hparams and saved[name] != self.hparams[name]]
+        if differ:
+            raise ValueError("the checkpoint was trained on other data (" + ", ".join(differ) + "); resume it "
+                             "with the data configuration it was trained with")
 
     def register_item_groups(self, method: str) -> None:
         """Install the data module's group of every item as the non-persistent buffer ``item_group`` [I] (it

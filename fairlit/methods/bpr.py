@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from fairlit import ops
-from fairlit.methods.base import RecModule
+from fairlit.methods.base import RecModule, check_number
 
 
 class BPR(RecModule):
@@ -26,6 +26,7 @@ class BPR(RecModule):
     def __init__(self, *args, reg_weight: float = 0.0, bpr_on_sigmoid: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
+        check_number("reg_weight", reg_weight, 0)
 
     def negatives(self, batch: dict[str, Tensor]) -> Tensor:
         """The batch's negatives [B, M] (default: the data module's draw)."""

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairlit import ops
+from fairlit.methods.base import check_number
 from fairlit.methods.bpr import BPR
 
 
@@ -46,10 +47,10 @@ class DPR(BPR):
         if groups < 2:
             raise ValueError(f"DPR needs at least 2 item groups, got num_item_groups={groups}; set data.item_group")
         for name, value in (("alpha_adv", alpha_adv), ("reg_s", reg_s), ("pretrain_epochs", pretrain_epochs)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if adv_lr <= 0 or adv_steps < 1:
-            raise ValueError(f"adv_lr must be > 0 and adv_steps >= 1, got {adv_lr}, {adv_steps}")
+            check_number(name, value, 0)
+        check_number("adv_lr", adv_lr, 0, low_open=True)
+        if adv_steps < 1:
+            raise ValueError(f"adv_steps must be >= 1, got {adv_steps}")
         if not getattr(self.backbone, "dot_product", True):
             raise ValueError("DPR's score-distribution term needs a dot-product backbone (MF, LightGCN)")
         widths = [1, *adv_hidden]

@@ -9,7 +9,7 @@ from torch import Tensor
 from fairlit import ops
 from fairlit.methods._fairdual_dual import DualConfig, dual_step
 from fairlit.methods._fairdual_projection import METRICS
-from fairlit.methods.base import FusedAdam
+from fairlit.methods.base import FusedAdam, check_number
 from fairlit.methods.weighted import Forward, WeightedLoss
 
 SIGNALS = ("exposure", "utility", "paper_literal")
@@ -92,12 +92,11 @@ class FairDual(WeightedLoss):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.hparams.num_item_groups < 1:
             raise ValueError("FairDual needs item groups: set data.item_group (num_item_groups >= 1)")
-        if lam < 0:
-            raise ValueError(f"lam (λ) must be >= 0, got {lam}")
-        if eta <= 0:
-            raise ValueError(f"eta (η) must be > 0, got {eta}")
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+        check_number("lam (λ)", lam, 0)
+        check_number("eta (η)", eta, 0, low_open=True)
+        check_number("alpha", alpha, 0, 1, low_open=True)
+        check_number("mu_init (μ0)", opts["mu_init"])
+        check_number("s_min", self.hparams.s_min, 0)
         if beta < 1:
             raise ValueError(f"beta (refresh period in batches) must be >= 1, got {beta}")
         if not 1 <= num_samples <= self.hparams.num_items:

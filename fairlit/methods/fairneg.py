@@ -14,6 +14,7 @@ from torch import Tensor
 from fairlit.methods._fairneg_sampler import (IMP_SCORES, code_momentum_step, csr_row_mask, draw_inverse_cdf,
                                               draw_stacked, gbce_group_sums, mixup_probs, momentum_step,
                                               stacked_cdf)
+from fairlit.methods.base import check_number
 from fairlit.methods.bpr import BPR
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,11 @@ class FairNeg(BPR):
         if groups < 2:
             raise ValueError(f"FairNeg needs at least 2 item groups, got num_item_groups={groups}; "
                              "set data.item_group (e.g. genre_exclusive with item_group_genres)")
-        if not 0.0 <= w_fair <= 1.0:
-            raise ValueError(f"w_fair (β of Eq. 8) must be in [0, 1], got {w_fair}")
-        if gamma < 0 or alpha < 0 or tau <= 0:
-            raise ValueError(f"need gamma >= 0, alpha >= 0, tau > 0; got {gamma}, {alpha}, {tau}")
-        if not 0.0 <= p_min < 1.0 / groups:
-            raise ValueError(f"p_min must be in [0, 1/A) = [0, {1 / groups:.4g}), got {p_min}")
+        check_number("w_fair (β of Eq. 8)", w_fair, 0, 1)
+        check_number("gamma", gamma, 0)
+        check_number("alpha", alpha, 0)
+        check_number("tau", tau, 0, low_open=True)
+        check_number(f"p_min (below 1/A with A = {groups} groups)", p_min, 0, 1.0 / groups, high_open=True)
         _choice("imp_score", imp_score, IMP_SCORES)
         _choice("imp_refresh", imp_refresh, ("epoch", "batch"))
         _choice("init", init, ("fairstatic", "item_share"))

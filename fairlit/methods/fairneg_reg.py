@@ -3,6 +3,7 @@ squared gap between the two item groups' mean positive scores."""
 from torch import Tensor
 
 from fairlit import ops
+from fairlit.methods.base import check_number
 from fairlit.methods.bpr import BPR
 
 
@@ -25,8 +26,7 @@ class MeanScoreReg(BPR):
         if self.hparams.num_item_groups != 2:
             raise ValueError(f"MeanScoreReg is defined for binary item groups only; the data has "
                              f"{self.hparams.num_item_groups} (use ML1M-2, not ML1M-4)")
-        if reg_lambda < 0:
-            raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
+        check_number("reg_lambda", reg_lambda, 0)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairlit.methods.base import check_number
 from fairlit.methods.weighted import Forward, WeightedLoss
 
 
@@ -56,8 +57,7 @@ class DRO(WeightedLoss):
         self.save_hyperparameters(ignore=["backbone"])
         if mode not in ("worst_group", "chi2"):
             raise ValueError(f"mode must be 'worst_group' or 'chi2', got {mode!r}")
-        if chi2_radius < 0:
-            raise ValueError(f"chi2_radius must be >= 0, got {chi2_radius}")
+        check_number("chi2_radius", chi2_radius, 0)
         if mode == "chi2":
             self.dro_eta = nn.Parameter(torch.zeros(()))
 
@@ -91,6 +91,8 @@ class SDRO(_GroupReweighting):
         self.save_hyperparameters(ignore=["backbone"])
         if mode not in ("streaming", "fairdiverse"):
             raise ValueError(f"mode must be 'streaming' or 'fairdiverse', got {mode!r}")
+        check_number("eta (η_s)", eta, 0)
+        check_number("ema (β_s)", ema, 0, 1)
         groups = self.hparams.num_item_groups
         self.register_buffer("q", torch.ones(groups, dtype=torch.float64) / max(groups, 1))
         self.register_buffer("loss_ema", torch.zeros(groups, dtype=torch.float64))
@@ -129,6 +131,8 @@ class Prop(_GroupReweighting):
         self.save_hyperparameters(ignore=["backbone"])
         if mode not in ("group_loss", "boundary"):
             raise ValueError(f"mode must be 'group_loss' or 'boundary', got {mode!r}")
+        check_number("eta (η)", eta, 0)
+        check_number("beta (β)", beta, 0, 1)
 
     def group_weights(self, losses: Tensor, counts: Tensor, out: Forward) -> Tensor:
         return torch.exp(self.hparams.eta * ((1 - self.hparams.beta) + self.hparams.beta * losses))
@@ -160,6 +164,7 @@ class IFairLRS(WeightedLoss):
         self.save_hyperparameters(ignore=["backbone"])
         if normalize not in ("mean", "sum"):
             raise ValueError(f"normalize must be 'mean' or 'sum', got {normalize!r}")
+        check_number("smoothing (M)", smoothing, 0)
         self.register_buffer("target_counts", torch.zeros(self.hparams.num_item_groups, dtype=torch.float64))
 
     def on_train_epoch_start(self) -> None:
@@ -198,8 +203,7 @@ class Maxmin(_GroupReweighting):
     def __init__(self, *args, p: float = 0.02, mode: str = "reweight", sample_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
-        if not 0 <= p <= 1:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
+        check_number("p", p, 0, 1)
         if mode not in ("reweight", "resample"):
             raise ValueError(f"mode must be 'reweight' or 'resample', got {mode!r}")
         self.register_buffer("worst_group", torch.tensor(-1))
@@ -272,8 +276,7 @@ class _ScoreRegularizer(WeightedLoss):
     def __init__(self, *args, weight: float = 1.0, grouped: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
+        check_number("weight", weight, 0)
 
     def group_score_means(self, batch: dict[str, Tensor], out: Forward) -> tuple[Tensor, Tensor]:
         """(mean positive score per group [G], present mask [G]) of the local batch; differentiable."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairlit import ops
-from fairlit.methods.base import STAGES, FusedAdam, RecModule
+from fairlit.methods.base import STAGES, FusedAdam, RecModule, check_number
 from fairlit.metrics import RankingMetrics
 
 LOSSES = ("bpr", "ce")
@@ -115,6 +115,7 @@ class WeightedLoss(RecModule):
     def __init__(self, *args, loss: str = "bpr", bpr_on_sigmoid: bool = False, reg_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
+        check_number("reg_weight", reg_weight, 0)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         for stage in STAGES:  # FairDual's tables also report HR@K = hits / min(|T_u|, K)

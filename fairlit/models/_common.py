@@ -1,7 +1,15 @@
-"""Helpers shared by the backbones: RecBole's embedding L2 term and history alignment."""
+"""Helpers shared by the backbones: size checks, RecBole's embedding L2 term and history alignment."""
 
 import torch
 from torch import Tensor
+
+
+def check_sizes(backbone: str, minimum: int = 1, **sizes: int) -> None:
+    """Raise a ValueError naming the first of `sizes` (a backbone's size arguments, e.g. ``dim=64``) that is not
+    an integer >= `minimum`: a zero or negative width would build empty tables or fail inside torch."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{backbone}: `{name}` must be an integer >= {minimum}, got {value!r}")
 
 
 def embedding_l2(*embeddings: Tensor, batch_size: int, squared: bool = True) -> Tensor:

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from fairlit.models._common import SequentialItemL2, check_history, front_align, last_position
+from fairlit.models._common import SequentialItemL2, check_history, check_sizes, front_align, last_position
 
 
 class GRU4Rec(SequentialItemL2, nn.Module):
@@ -39,6 +39,7 @@ class GRU4Rec(SequentialItemL2, nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
+        check_sizes("GRU4Rec", num_items=num_items, dim=dim, hidden_size=hidden_size, num_layers=num_layers)
         self.num_items = num_items
         self.dim = dim
         self.item_embedding = nn.Embedding(num_items + 1, dim, padding_idx=num_items)

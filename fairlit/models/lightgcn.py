@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from fairlit import ops
 from fairlit.data.sampling import build_csr
-from fairlit.models._common import embedding_l2
+from fairlit.models._common import check_sizes, embedding_l2
 
 
 class LightGCN(nn.Module):
@@ -34,6 +34,8 @@ class LightGCN(nn.Module):
     def __init__(self, num_users: int, num_items: int, dim: int = 64, num_layers: int = 2,
                  reg_squared: bool = False) -> None:
         super().__init__()
+        check_sizes("LightGCN", num_users=num_users, num_items=num_items, dim=dim)
+        check_sizes("LightGCN", 0, num_layers=num_layers)
         self.num_users = num_users
         self.num_items = num_items
         self.dim = dim

@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from fairlit.models._common import embedding_l2
+from fairlit.models._common import check_sizes, embedding_l2
 
 
 class MF(nn.Module):
@@ -23,6 +23,7 @@ class MF(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, init_std: float | None = None) -> None:
         super().__init__()
+        check_sizes("MF", num_users=num_users, num_items=num_items, dim=dim)
         self.dim = dim
         self.user_embedding = nn.Embedding(num_users, dim)
         self.item_embedding = nn.Embedding(num_items, dim)

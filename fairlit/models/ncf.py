@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from fairlit.models._common import embedding_l2
+from fairlit.models._common import check_sizes, embedding_l2
 
 
 class NeuMF(nn.Module):
@@ -37,6 +37,8 @@ class NeuMF(nn.Module):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
+        check_sizes("NeuMF", num_users=num_users, num_items=num_items, dim=dim)
+        check_sizes("NeuMF", 0, num_mlp_layers=num_mlp_layers)
         self.dim = dim
         self.user_mf = nn.Embedding(num_users, dim)
         self.item_mf = nn.Embedding(num_items, dim)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairlit.models._common import SequentialItemL2, check_history, front_align, last_position
+from fairlit.models._common import SequentialItemL2, check_history, check_sizes, front_align, last_position
 
 
 class _Block(nn.Module):
@@ -73,6 +73,9 @@ class SASRec(SequentialItemL2, nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
+        check_sizes("SASRec", num_items=num_items, dim=dim, num_heads=num_heads, inner_size=inner_size,
+                    max_len=max_len)
+        check_sizes("SASRec", 0, num_layers=num_layers)
         self.num_items = num_items
         self.dim = dim
         self.max_len = max_len

@@ -66,9 +66,10 @@ def test_pretraining_epochs_are_plain_bpr(tmp_path, dm):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(alpha_adv=-1.0), "alpha_adv must be >= 0"),
-    (dict(reg_s=-1.0), "reg_s must be >= 0"),
-    (dict(adv_steps=0), "adv_steps >= 1"),
+    (dict(alpha_adv=-1.0), "alpha_adv must be a finite number >= 0"),
+    (dict(reg_s=float("nan")), "reg_s must be a finite number >= 0, got nan"),
+    (dict(adv_lr=0.0), r"adv_lr must be a finite number > 0"),
+    (dict(adv_steps=0), "adv_steps must be >= 1"),
     (dict(num_item_groups=1), "at least 2 item groups"),
 ])
 def test_bad_configuration(dm, kwargs, message):

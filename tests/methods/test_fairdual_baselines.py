@@ -156,3 +156,29 @@ def test_full_softmax_ce_on_gru4rec_with_multi_genre_groups(tmp_path, cls):
                 num_item_groups=dm.num_item_groups, ks=[5], loss="ce", **kwargs)
     trainer(tmp_path, max_steps=3, limit_val_batches=1).fit(model, datamodule=dm)
     assert model.groups.weight.shape[1] == 2                          # items carry up to two genres
+
+
+def test_a_sequential_backbone_without_histories_names_history_length(tmp_path):
+    dm = RecDataModule(dataset=str(make_data(tmp_path)), split="chrono", batch_size=32, eval_batch_size=64)
+    model = UNI(lambda u, i: GRU4Rec(u, i, dim=8, hidden_size=8), num_users=dm.num_users, num_items=dm.num_items,
+                ks=[5], loss="ce")
+    with pytest.raises(ValueError, match=r"GRU4Rec reads each user's history: set data.history_length >= 1 \(got 0"):
+        trainer(tmp_path, max_steps=1, limit_val_batches=1).fit(model, datamodule=dm)
+
+
+@pytest.mark.parametrize("cls, kwargs, message", [
+    (UNI, dict(reg_weight=-3.0), "reg_weight must be a finite number >= 0, got -3.0"),
+    (UNI, dict(lr=0.0), "lr must be a finite number > 0"),
+    (UNI, dict(weight_decay=float("nan")), "weight_decay must be a finite number >= 0, got nan"),
+    (DRO, dict(chi2_radius=-1.0), "chi2_radius"),
+    (SDRO, dict(ema=5.0), r"ema \(β_s\) must be a finite number in \[0, 1\], got 5.0"),
+    (SDRO, dict(eta=-1.0), "eta"),
+    (Prop, dict(beta=-3.0), r"beta \(β\) must be a finite number in \[0, 1\]"),
+    (Prop, dict(eta=float("inf")), "eta"),
+    (IFairLRS, dict(smoothing=-1.0), r"smoothing \(M\) must be a finite number >= 0"),
+    (Maxmin, dict(p=1.5), "p must be a finite number in"),
+    (FOCF, dict(weight=-2.0), "weight must be a finite number >= 0"),
+])
+def test_bad_hyper_parameters_are_refused_by_name(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build(cls, **kwargs)

@@ -50,7 +50,9 @@ def losses_not_read():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(lam=-0.1), "lam"), (dict(eta=0.0), "eta"), (dict(num_samples=31), "num_samples"),
     (dict(topk=21), "topk"), (dict(preset="paper"), "preset"), (dict(signal="x"), "signal"),
-    (dict(alpha=0.0), "alpha"), (dict(num_item_groups=0), "item groups"), (dict(num_train_rows=0), "num_train_rows")])
+    (dict(alpha=0.0), "alpha"), (dict(num_item_groups=0), "item groups"), (dict(num_train_rows=0), "num_train_rows"),
+    (dict(lam=float("nan")), "lam"), (dict(eta=float("nan")), "eta"), (dict(mu_init=float("nan")), "mu_init"),
+    (dict(s_min=-5.0), "s_min"), (dict(reg_weight=-3.0), "reg_weight")])
 def test_bad_configuration(tmp_path, kwargs, match):
     dm = datamodule(make_data(tmp_path))
     with pytest.raises(ValueError, match=match):

@@ -133,7 +133,8 @@ def test_item_share_init_and_frozen_variants(dm):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(w_fair=1.5), "w_fair"), (dict(w_fair=-0.1), "w_fair"), (dict(num_item_groups=1), "2 item groups"),
     (dict(tau=0.0), "tau"), (dict(p_min=0.5), "p_min"), (dict(imp_score="x"), "imp_score"),
-    (dict(init="x"), "init")])
+    (dict(init="x"), "init"), (dict(tau=float("nan")), "tau"), (dict(gamma=float("nan")), "gamma"),
+    (dict(reg_weight=-1.0), "reg_weight")])
 def test_bad_configuration(dm, kwargs, match):
     with pytest.raises(ValueError, match=match):
         module(dm, **kwargs)

@@ -19,6 +19,13 @@ def build(cls):
     return model
 
 
+@pytest.mark.parametrize("cls", [*DOT_MODELS, NeuMF])
+@pytest.mark.parametrize("dim", [0, -3])
+def test_a_width_below_one_is_refused_by_name(cls, dim):
+    with pytest.raises(ValueError, match=f"{cls.__name__}: `dim` must be an integer >= 1, got {dim}"):
+        cls(NUM_USERS, NUM_ITEMS, dim=dim)
+
+
 def batch():
     users = torch.tensor([0, 2, 3, 5])
     history = torch.tensor([[NUM_ITEMS, 1, 2], [3, 4, 5], [NUM_ITEMS, NUM_ITEMS, 8], [0, 6, 7]])
