@@ -14,7 +14,7 @@ from fairlit.data.groups import (
 )
 from fairlit.data.loaders import EpochSampler, EvalUsers, TrainInteractions, histories
 from fairlit.data.pipeline import Prepared, check_prepared, prepare
-from fairlit.data.preprocess import binarize, check_columns, k_core, reindex
+from fairlit.data.preprocess import binarize, check_columns, drop_duplicate_pairs, k_core, reindex
 from fairlit.data.sampling import build_csr, csr_contains, csr_slice, sample_negatives
 from fairlit.data.splits import (
     split_chrono_global,
@@ -41,6 +41,7 @@ __all__ = [
     "check_prepared",
     "csr_contains",
     "csr_slice",
+    "drop_duplicate_pairs",
     "genre_exclusive",
     "genre_first",
     "genre_multi",

@@ -34,6 +34,7 @@ class AtomicData:
 
 
 def _parse_header(path: Path, header: list[str]) -> dict[str, str]:
+    """``{column name: atomic type}`` of the header cells, in file order."""
     types = {}
     for cell in header:
         name, sep, kind = cell.partition(":")
@@ -41,6 +42,8 @@ def _parse_header(path: Path, header: list[str]) -> dict[str, str]:
             raise ValueError(
                 f"{path}: header cell {cell!r} must be 'name:type' with type in {ATOMIC_TYPES}"
             )
+        if name in types:
+            raise ValueError(f"{path}: column {name!r} appears twice in the header {header}; expected distinct names")
         types[name] = kind
     return types
 
@@ -57,15 +60,26 @@ def read_atomic(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFram
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a malformed header cell, a missing required column or an unparsable float.
+        ValueError: an empty file, a malformed or repeated header cell, a line with more fields than the header,
+            a missing required column or an unparsable float.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"atomic file not found: {path}")
-    # Everything is read as text first: token ids such as "007" must not become numbers.
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""],
-                        quoting=3, engine="c")
-    types = _parse_header(path, list(frame.columns))
+    # Everything is read as text first: token ids such as "007" must not become numbers. The header is read
+    # as a row (header=None) so that it fixes the number of fields: pandas then rejects a longer data line,
+    # where with header=0 a longer first data line silently turns the first column into the index, and
+    # duplicate header cells reach _parse_header as written instead of renamed "name.1".
+    try:
+        table = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, na_values=[""],
+                            quoting=3, engine="c")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a 'name:type' header line") from None
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: {str(err).strip()}; expected at most as many tab-separated fields per line as "
+                         "the header has") from None
+    types = _parse_header(path, table.iloc[0].fillna("").tolist())
+    frame = table.iloc[1:].reset_index(drop=True)
     frame.columns = list(types)
     missing = [c for c in required if c not in types]
     if missing:

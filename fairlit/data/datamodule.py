@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import warnings
 
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fairlit.data.builtin import load_dataset
 from fairlit.data.groups import DEFAULT_AGE_EDGES
 from fairlit.data.loaders import EpochSampler, EvalUsers, SplitBatches, TrainInteractions, histories, identity_collate
-from fairlit.data.pipeline import SPLIT_NAMES, Prepared, check_prepared, prepare, single_group_csr
+from fairlit.data.pipeline import SPLIT_NAMES, Prepared, check_at_least, check_prepared, prepare, single_group_csr
 from fairlit.data.sampling import build_csr, sample_negatives
 
 _PROTOCOL = re.compile(r"^(uni|pop)(\d+)$")
@@ -35,7 +36,11 @@ class RecDataModule(L.LightningDataModule):
     * valid/test: ``user [B]``, ``exclude_indptr [B+1]``, ``exclude_indices``, ``target_indptr [B+1]``,
       ``target_indices`` (CSR slices: items to mask, relevant items); ``candidates [B, C]`` for sampled
       protocols; ``history [B, H]``; ``user_group [B]`` when user groups are set. Only users with at least
-      one item in the split are evaluated (others are skipped, not counted as zero).
+      one item in the split are evaluated (others are skipped, not counted as zero). A user (item) group
+      without an evaluated user (a target item) in a split gets a warning: its per-group metrics there are NaN.
+
+    A (user, item) pair repeated in the ``.inter`` file keeps its earliest row (after the rating threshold), with
+    a warning; bad arguments and malformed files raise a ``ValueError`` naming the argument or file and column.
 
     Histories are left-padded with ``history_pad_id = num_items`` (give the item embedding one extra row);
     the most recent item is last. Eval histories are each user's last H training items.
@@ -51,18 +56,21 @@ class RecDataModule(L.LightningDataModule):
         core_iterated: repeat filtering to a fixed point (RecBole); else one pass, users then items.
         split: ``"random"`` (per-user random ratio, RecBole RS), ``"chrono"`` (global by time) or
             ``"leave_one_out"`` (per user, by time).
-        split_ratios: train/valid/test ratios for ``random`` and ``chrono``.
+        split_ratios: train/valid/test ratios for ``random`` and ``chrono``: three finite numbers > 0,
+            normalised by their sum.
         item_group: ``"genre_first"``, ``"genre_exclusive"`` (drops items without exactly one of
             ``item_group_genres``), ``"genre_multi"`` (row-normalised CSR), ``"popularity"`` or ``None``.
-        item_group_min_size: merge item groups with fewer items into one "infrequent" group (FairDual: 50).
+        item_group_min_size: merge item groups with fewer items into one "infrequent" group (FairDual: 50);
+            at most the largest group's size.
         item_group_genres: genre names for ``genre_exclusive`` (group order) / subset for ``genre_multi``.
         genre_field: genre column of the ``.item`` file.
         user_group: ``"gender"``, ``"age"``, ``"occupation"``, ``"activity"`` or ``None``.
-        num_quantile_groups: number of popularity/activity quantile groups.
-        age_edges: age bucket lower bounds for ``user_group="age"``.
+        num_quantile_groups: number of popularity/activity quantile groups, 1 to the number of items/users.
+        age_edges: age bucket lower bounds for ``user_group="age"``, strictly increasing; every bucket must
+            hold a user.
         num_negatives: M negatives per training row.
         negative_sampling: ``"uniform"`` or ``"popularity"`` (train count ** ``popularity_exponent``).
-        popularity_exponent: beta of popularity sampling.
+        popularity_exponent: beta >= 0 of popularity sampling.
         batch_size: training batch size (per rank): rows per optimizer step.
         batches_per_step: C; the training loader fetches C batches at once and hands them to one Lightning
             ``training_step`` as a list, which makes one optimizer step per batch. Training is the same as
@@ -72,7 +80,8 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         history_length: H; 0 disables histories.
         eval_protocol: ``"full"`` (rank all items) or ``"uniN"``/``"popN"``: N sampled negatives per user,
-            never any of the user's positives in any split, fixed for the whole run.
+            never any of the user's positives in any split, fixed for the whole run. N is at most the number of
+            items every evaluated user can draw.
         exclude_valid_at_test: at test time also mask validation items (RecBole full ranking does).
         num_workers: DataLoader workers.
         seed: seeds the split, the epoch negatives (``seed + epoch``) and the shuffling.
@@ -85,8 +94,9 @@ class RecDataModule(L.LightningDataModule):
                  genre_field: str = "genre", user_group: str | None = None, num_quantile_groups: int = 2,
                  age_edges: tuple[float, ...] = DEFAULT_AGE_EDGES, num_negatives: int = 1,
                  negative_sampling: str = "uniform", popularity_exponent: float = 1.0,
-                 batch_size: int = 4096, batches_per_step: int = 1, eval_batch_size: int = 4096, history_length: int = 0,
-                 eval_protocol: str = "full", exclude_valid_at_test: bool = True, num_workers: int = 0,
+                 batch_size: int = 4096, batches_per_step: int = 1, eval_batch_size: int = 4096,
+                 history_length: int = 0, eval_protocol: str = "full", exclude_valid_at_test: bool = True,
+                 num_workers: int = 0,
                  seed: int = 2020, item_group_min_size: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -132,13 +142,17 @@ class RecDataModule(L.LightningDataModule):
 
     def _check_loader_options(self) -> None:
         hp = self.hparams
-        if hp.batch_size < 1 or hp.batches_per_step < 1:
-            raise ValueError(f"batch_size and batches_per_step must be >= 1, got {hp.batch_size}, "
-                             f"{hp.batches_per_step}")
+        # popularity_exponent < 0 would give the items never trained on (count 0) an infinite weight.
+        for name, minimum in (("batch_size", 1), ("batches_per_step", 1), ("eval_batch_size", 1),
+                              ("num_negatives", 1), ("history_length", 0), ("num_workers", 0), ("seed", 0),
+                              ("popularity_exponent", 0)):
+            check_at_least(name, hp[name], minimum)
         if hp.negative_sampling not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling={hp.negative_sampling!r} is not 'uniform' or 'popularity'")
-        if hp.eval_protocol != "full" and _PROTOCOL.match(hp.eval_protocol) is None:
-            raise ValueError(f"eval_protocol={hp.eval_protocol!r}: use 'full', 'uniN' or 'popN' (e.g. 'uni100')")
+        match = _PROTOCOL.match(hp.eval_protocol)
+        if hp.eval_protocol != "full" and (match is None or int(match.group(2)) < 1):
+            raise ValueError(f"eval_protocol={hp.eval_protocol!r}: use 'full', 'uniN' or 'popN' with N >= 1 "
+                             "(e.g. 'uni100')")
 
     def _index(self, prep: Prepared) -> None:
         """Build the tensors, CSR slices, histories and fixed evaluation candidates of ``prep``."""
@@ -180,10 +194,45 @@ class RecDataModule(L.LightningDataModule):
         if match is not None:
             everything = build_csr(user, item, self.num_users)
             probs = counts if match.group(1) == "pop" else None
+            self._check_candidate_room(int(match.group(2)), everything, probs)
             for k, stage in enumerate(("valid", "test")):
                 gen = torch.Generator().manual_seed(hp.seed + 10_007 * (k + 1))  # fixed per stage, not per epoch
                 self._candidates[stage] = sample_negatives(self._eval_users(stage), int(match.group(2)),
                                                            self.num_items, everything, gen, probs)
+        self._warn_groups_without_targets()
+
+    def _check_candidate_room(self, num_candidates: int, positives: tuple[Tensor, Tensor],
+                              probs: Tensor | None) -> None:
+        """Raise naming ``eval_protocol`` if an evaluated user has fewer than ``num_candidates`` items to draw
+        candidates from: items that are not its positives and, for ``popN``, have a training interaction."""
+        indptr, indices = positives
+        drawable = torch.ones(self.num_items, dtype=torch.long) if probs is None else (probs > 0).long()
+        owner = torch.repeat_interleave(torch.arange(self.num_users), indptr.diff())
+        room = drawable.sum() - torch.zeros(self.num_users, dtype=torch.long).index_add_(0, owner, drawable[indices])
+        users = torch.cat([self._eval_users("valid"), self._eval_users("test")])
+        tightest = int(users[room[users].argmin()])
+        most = int(room[tightest])
+        if most < num_candidates:
+            unsampled = "its positives" + (" and the items without a training interaction" if probs is not None else "")
+            raise ValueError(f"eval_protocol={self.hparams.eval_protocol!r} draws {num_candidates} candidates per "
+                             f"user, but user {self.prepared.user_tokens[tightest]!r} has only {most} items to draw "
+                             f"from (the {self.num_items} items less {unsampled}); expected N <= {most}")
+
+    def _warn_groups_without_targets(self) -> None:
+        """Warn, per evaluation split, about the groups whose per-group metrics will be NaN there: user groups
+        without an evaluated user, item groups (by ``item_group``, each item's first group) without a target."""
+        for stage in ("valid", "test"):
+            for side, groups, members, names, what in (
+                    ("user", self.user_group, self._eval_users(stage), self.prepared.user_group_names,
+                     "evaluated user"),
+                    ("item", self.item_group, self._csr[stage][1], self.prepared.item_group_names, "target item")):
+                if groups is None:
+                    continue
+                seen = torch.bincount(groups[members], minlength=len(names))
+                missing = [names[g] for g in torch.nonzero(seen == 0).flatten().tolist()]
+                if missing:
+                    warnings.warn(f"{side} group(s) {missing} have no {what} in the {stage} split: their per-group "
+                                  f"{stage} metrics will be NaN")
 
     def _eval_users(self, stage: str) -> Tensor:
         indptr = self._csr[stage][0]

@@ -1,4 +1,5 @@
-"""Interaction preprocessing: required-column checks, implicit feedback, k-core filtering, re-indexing.
+"""Interaction preprocessing: required-column checks, implicit feedback, duplicate pairs, k-core filtering,
+re-indexing.
 
 All functions are pure (return new frames) and deterministic; none of them draws random numbers.
 """
@@ -48,6 +49,27 @@ def binarize(inter: pd.DataFrame, threshold: float, keep_negatives: bool = False
     label = (inter[rating].to_numpy() >= threshold).astype(np.int8)
     out = inter.assign(label=label)
     return out if keep_negatives else out[label == 1]
+
+
+def drop_duplicate_pairs(inter: pd.DataFrame, user: str = "user_id", item: str = "item_id",
+                         time: str = "timestamp") -> pd.DataFrame:
+    """Keep one row per (user, item) pair: the earliest by ``time`` (RecBole's ``rm_dup_inter: first``).
+
+    Ties in ``time`` keep the row that comes first in ``inter``.
+
+    Args:
+        inter: interactions with a numeric ``time`` column.
+        user: user column.
+        item: item column.
+        time: time column.
+
+    Returns:
+        The kept rows, in their original order.
+    """
+    order = np.argsort(inter[time].to_numpy(), kind="stable")
+    repeated = np.empty(len(inter), dtype=bool)
+    repeated[order] = inter.iloc[order].duplicated([user, item], keep="first").to_numpy()
+    return inter[~repeated]
 
 
 def k_core(inter: pd.DataFrame, user_core: int = 0, item_core: int = 0, iterated: bool = True,

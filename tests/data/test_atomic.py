@@ -37,6 +37,25 @@ def test_float_column_with_text(tmp_path, atomic_writer):
         read_atomic(path)
 
 
+def test_line_with_more_fields_than_the_header(tmp_path, atomic_writer):
+    path = atomic_writer(tmp_path / "x.inter", ["user_id:token", "item_id:token"], [["1", "2"], ["3", "4", "5"]])
+    with pytest.raises(ValueError, match=r"x\.inter: .*line 3, saw 3; expected at most as many .* as the header"):
+        read_atomic(path)
+    # A longer first data line used to turn the first column into the index silently.
+    path = atomic_writer(tmp_path / "y.inter", ["user_id:token", "item_id:token"], [["1", "2", "5"], ["3", "4"]])
+    with pytest.raises(ValueError, match=r"y\.inter: .*line 2, saw 3"):
+        read_atomic(path)
+
+
+def test_repeated_header_name_and_empty_file(tmp_path, atomic_writer):
+    path = atomic_writer(tmp_path / "x.inter", ["user_id:token", "item_id:token", "user_id:float"], [["1", "2", "3"]])
+    with pytest.raises(ValueError, match=r"x\.inter: column 'user_id' appears twice in the header"):
+        read_atomic(path)
+    (tmp_path / "e.inter").write_text("")
+    with pytest.raises(ValueError, match=r"e\.inter: the file is empty"):
+        read_atomic(tmp_path / "e.inter")
+
+
 def test_missing_file_and_column(tmp_path, atomic_writer):
     with pytest.raises(FileNotFoundError, match="nope.inter"):
         read_atomic(tmp_path / "nope.inter")

@@ -154,9 +154,33 @@ def _item_table(folder):
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"split_ratios": (1.0, 0.0, 0.0)}, ValueError, "valid part empty"),
+    ({"split_ratios": (1.0, 0.0, 0.0)}, ValueError, r"split_ratios=\[1\.0, 0\.0, 0\.0\]: expected three .* > 0"),
+    ({"split_ratios": (0.8, 0.2)}, ValueError, r"split_ratios=\[0\.8, 0\.2\]: expected three"),
+    ({"split_ratios": (0.8, -0.1, 0.3)}, ValueError, "split_ratios=.*ratios > 0"),
+    ({"split_ratios": (0, 0, 0)}, ValueError, "split_ratios=.*ratios > 0"),
+    ({"split_ratios": (0.8, float("nan"), 0.1)}, ValueError, "split_ratios=.*finite"),
+    ({"user_group": "age", "age_edges": (50, 20)}, ValueError, r"age_edges=\[50, 20\]: .*strictly increasing"),
+    ({"age_edges": (18, float("inf"))}, ValueError, "age_edges=.*finite"),
     ({"split": "temporal"}, ValueError, "not one of"),
     ({"eval_protocol": "top100"}, ValueError, "uniN"),
+    ({"eval_protocol": "uni0"}, ValueError, "eval_protocol='uni0'.*N >= 1"),
+    ({"eval_protocol": "uni1000"}, ValueError,
+     r"eval_protocol='uni1000' draws 1000 .* only \d+ items to draw from \(the 40 items less its positives\)"),
+    ({"eval_protocol": "pop1000"}, ValueError, "eval_protocol='pop1000'.*without a training interaction"),
+    ({"item_group": "genre_first", "item_group_min_size": 100_000}, ValueError,
+     r"item_group_min_size=100000 would merge every item group into one \(group sizes \{'Action'"),
+    ({"item_group_min_size": -1}, ValueError, "item_group_min_size=-1"),
+    ({"history_length": -5}, ValueError, "history_length=-5: expected .* >= 0"),
+    ({"eval_batch_size": 0}, ValueError, "eval_batch_size=0: expected .* >= 1"),
+    ({"num_negatives": 0}, ValueError, "num_negatives=0: expected .* >= 1"),
+    ({"num_negatives": -1}, ValueError, "num_negatives=-1"),
+    ({"seed": -1}, ValueError, "seed=-1: expected .* >= 0"),
+    ({"negative_sampling": "popularity", "popularity_exponent": -1.0}, ValueError, "popularity_exponent=-1.0"),
+    ({"popularity_exponent": float("nan")}, ValueError, "popularity_exponent=nan: expected a finite number"),
+    ({"item_group": "popularity", "num_quantile_groups": 0}, ValueError, "num_quantile_groups=0"),
+    ({"item_group": "popularity", "num_quantile_groups": 1000}, ValueError,
+     "num_quantile_groups=1000: .* per item, and 40 items"),
+    ({"user_group": "activity", "num_quantile_groups": 31}, ValueError, "num_quantile_groups=31: .* and 30 users"),
     ({"negative_sampling": "hard"}, ValueError, "negative_sampling"),
     ({"item_group": "genre_exclusive"}, ValueError, "needs item_group_genres"),
     ({"item_group": "genre_exclusive", "item_group_genres": ["Western"]}, ValueError, "Western.*not present"),
@@ -181,6 +205,20 @@ def test_bad_files(tiny, atomic_writer):
         RecDataModule(str(tiny), rating_threshold=3)
     with pytest.raises(ValueError, match=r"tiny\.inter: missing column 'timestamp'"):
         RecDataModule(str(tiny), split="chrono")
+
+
+def test_user_group_without_evaluated_users_warns(tmp_path, atomic_writer):
+    # chrono 8:1:1 over 4 rows: user a's two rows train, user b's next rows are the valid and the test row.
+    folder = tmp_path / "two"
+    folder.mkdir()
+    atomic_writer(folder / "two.inter", ["user_id:token", "item_id:token", "timestamp:float"],
+                  [["a", "x", 1], ["a", "y", 2], ["b", "x", 3], ["b", "z", 4]])
+    atomic_writer(folder / "two.user", ["user_id:token", "gender:token"], [["a", "M"], ["b", "F"]])
+    with pytest.warns(UserWarning) as record:
+        RecDataModule(str(folder), split="chrono", user_group="gender")
+    assert [str(w.message) for w in record] == [
+        f"user group(s) ['M'] have no evaluated user in the {s} split: their per-group {s} metrics will be NaN"
+        for s in ("valid", "test")]
 
 
 class _Recorder(L.LightningModule):
@@ -242,7 +280,8 @@ def test_from_prepared_keeps_ids_items_without_rows_and_splits_as_given():
     prep = Prepared(user=user, item=item, time=np.arange(9.0), user_tokens=np.arange(3), item_tokens=np.arange(6),
                     parts=[np.arange(6), np.array([6, 7]), np.array([8])], item_group=np.array([0, 1, 0, 1, 0, 1]),
                     item_group_names=["a", "b"])
-    dm = RecDataModule.from_prepared(prep, num_negatives=4, batch_size=6, seed=0)
+    with pytest.warns(UserWarning, match=r"item group\(s\) \['b'\] have no target item in the test split: .* NaN"):
+        dm = RecDataModule.from_prepared(prep, num_negatives=4, batch_size=6, seed=0)
     assert (dm.num_users, dm.num_items, dm.num_item_groups) == (3, 6, 2)
     assert _pairs(dm.train_users, dm.train_items) == _pairs(user[:6], item[:6])
     indptr, indices, weights = dm.item_group_csr
@@ -259,11 +298,28 @@ def test_from_prepared_keeps_ids_items_without_rows_and_splits_as_given():
 @pytest.mark.parametrize(("change", "error", "match"), [
     ({"item": np.array([0, 1, 1, 9])}, ValueError, r"Prepared.item: ids must lie in \[0, 6\)"),
     ({"user": np.array([0.0, 0.0, 1.0, 1.0])}, ValueError, "Prepared.user: expected a 1-D integer array"),
-    ({"time": np.arange(3.0)}, ValueError, "Prepared.time: expected length 4"),
+    ({"time": np.arange(3.0)}, ValueError, "Prepared.time: expected a 1-D numeric array of length 4"),
+    ({"time": np.array([0, 1, np.nan, 3])}, ValueError, r"Prepared.time: expected finite .* NaN/inf \(first at row 2"),
     ({"parts": [np.array([0, 1]), np.array([], dtype=np.int64), np.array([2, 3])]}, ValueError, "valid part is empty"),
     ({"parts": [np.array([0, 1]), np.array([2]), np.array([3, 4])]}, ValueError, r"parts\[test\]"),
-    ({"item_group": np.array([0, 1, 0])}, ValueError, "Prepared.item_group: expected 6 ids"),
-    ({"item_group": np.array([0, 1, 0, 1, 0, 2])}, ValueError, "Prepared.item_group"),
+    ({"parts": [np.array([0, 1, 2]), np.array([2]), np.array([3])]}, ValueError,
+     r"Prepared.parts: row 2 is listed more than once, in \['train', 'valid'\]; expected disjoint"),
+    ({"item_group": np.array([0, 1, 0])}, ValueError, "Prepared.item_group: expected a 1-D integer array of length 6"),
+    ({"item_group": np.array([0, 1, 0, 1, 0, 2])}, ValueError, r"Prepared.item_group: ids must lie in \[0, 2\)"),
+    ({"item_group": np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.5])}, ValueError, "Prepared.item_group: .* integer array"),
+    ({"item_group": np.zeros(6, dtype=np.int64)}, ValueError, r"Prepared.item_group: item group\(s\) \['b'\] have no"),
+    ({"user_group": np.array([0, 0]), "user_group_names": ["F", "M"]}, ValueError,
+     r"Prepared.user_group: user group\(s\) \['M'\] have no user"),
+    ({"item_group_csr": (np.arange(7), np.array([0, 1, 0, 1, 0, 1]), np.array([np.nan, 1, 1, 1, 1, 1]))},
+     ValueError, "Prepared.item_group_csr: expected finite weights >= 0, got 1 that are not, e.g. nan"),
+    ({"item_group_csr": (np.arange(7), np.array([0, 1, 0, 1, 0, 1]), np.array([1, -1.0, 1, 1, 1, 1]))},
+     ValueError, "Prepared.item_group_csr: expected finite weights >= 0, got 1 that are not, e.g. -1.0"),
+    ({"item_group_csr": (np.arange(7), np.array([0, 1, 0, 1, 0, 5]), np.ones(6))}, ValueError,
+     r"Prepared.item_group_csr indices: ids must lie in \[0, 2\)"),
+    ({"item_group_csr": (np.array([0, 2, 1, 3, 4, 5, 6]), np.array([0, 1, 0, 1, 0, 1]), np.ones(6))}, ValueError,
+     "Prepared.item_group_csr: expected 7 non-decreasing integer offsets"),
+    ({"item_group_csr": (np.arange(7), np.zeros(6, dtype=np.int64), np.ones(6))}, ValueError,
+     r"Prepared.item_group_csr: item group\(s\) \['b'\] have no item"),
 ])
 def test_from_prepared_rejects_inconsistent_data(change, error, match):
     from fairlit.data import Prepared

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairlit.data import binarize, check_columns, k_core, reindex
+from fairlit.data import binarize, check_columns, drop_duplicate_pairs, k_core, reindex
 
 
 def _frame(pairs):
@@ -52,6 +52,13 @@ def test_binarize_drop_and_keep():
     assert binarize(frame, 3)["user_id"].tolist() == ["b", "c"]
     kept = binarize(frame, 3, keep_negatives=True)
     assert kept["label"].tolist() == [0, 1, 1]
+
+
+def test_drop_duplicate_pairs_keeps_the_earliest_row_in_file_order():
+    frame = pd.DataFrame({"user_id": ["a", "a", "b", "a", "b"], "item_id": ["x", "y", "x", "x", "x"],
+                          "timestamp": [5.0, 1.0, 2.0, 3.0, 2.0]})
+    kept = drop_duplicate_pairs(frame)
+    assert kept.index.tolist() == [1, 2, 3]  # (a, x): t=3 beats t=5; (b, x): a tie keeps the first row
 
 
 def test_check_columns_messages():

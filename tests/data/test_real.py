@@ -1,6 +1,7 @@
 """Real MovieLens data read in place from the installed wheels (skipped when they are absent)."""
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ def test_ml100k_raw_and_default_module():
     assert len(data.user) == 943 and len(data.item) == 1682
     assert data.user["gender"].value_counts().to_dict() == {"M": 670, "F": 273}
     assert data.item["genre"][0] == ("Animation", "Children's", "Comedy")
-    dm = RecDataModule()  # ml-100k, every rating a positive, RS 8:1:1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no repeated (user, item) pair is dropped
+        dm = RecDataModule()  # ml-100k, every rating a positive, RS 8:1:1
     s = dm.stats()
     assert (s["users"], s["items"], s["interactions"]) == (943, 1682, 100_000)
     assert s["train"] + s["valid"] + s["test"] == 100_000
