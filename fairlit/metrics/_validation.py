@@ -32,11 +32,24 @@ def check_num_groups(name: str, num_groups: int) -> int:
     return num_groups
 
 
+def check_ratio(name: str, ratio: float, *, zero_ok: bool) -> float:
+    """Return ``ratio`` if it is a number in ``[0, 1]`` (``(0, 1]`` unless ``zero_ok``)."""
+    number = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+    if not (number and (0 <= ratio if zero_ok else 0 < ratio) and ratio <= 1):  # NaN fails both comparisons
+        raise ValueError(f"{name} must lie in {'[' if zero_ok else '('}0, 1], got {ratio!r}")
+    return ratio
+
+
+def check_integer(name: str, t: Tensor) -> None:
+    """Raise unless ``t`` has an integer dtype (counts, ids, row pointers)."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+
+
 def check_ids(name: str, ids: Tensor, bound: int | None, allow_padding: bool = False) -> None:
     """Raise unless ``ids`` is an integer tensor with values in ``[0, bound)`` (``bound=None``: no upper
     limit), or -1 where padding is allowed."""
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_integer(name, ids)
     if ids.numel() == 0:
         return
     low = -1 if allow_padding else 0
@@ -61,6 +74,10 @@ def check_topk(name: str, topk: Tensor, max_k: int) -> None:
 
 def check_csr(indptr: Tensor, indices: Tensor, rows: int, indptr_name: str, indices_name: str) -> None:
     """Raise unless ``(indptr, indices)`` is a CSR of ``rows`` rows (starts at 0, non-decreasing, ends at nnz)."""
+    check_integer(indptr_name, indptr)
+    if indptr.dim() != 1 or indptr.numel() == 0:
+        raise ValueError(f"{indptr_name} must be 1-D [rows + 1] with at least one entry, got shape "
+                         f"{tuple(indptr.shape)}")
     check_shape(indptr_name, indptr, (rows + 1,))
     if indices.dim() != 1:
         raise ValueError(f"{indices_name} must be 1-D, got shape {tuple(indices.shape)}")

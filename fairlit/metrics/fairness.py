@@ -20,6 +20,7 @@ from fairlit.metrics._validation import (
     check_ks,
     check_names,
     check_num_groups,
+    check_ratio,
     check_shape,
     check_topk,
 )
@@ -42,11 +43,11 @@ class ItemGroupFairness(Metric):
 
     Args:
         item_group: ``[I]`` long single group per item, or None.
-        item_group_csr: ``(indptr [I+1], indices [nnz], weights [nnz])`` rows of Â, or None (exactly one
-            of the two must be given).
+        item_group_csr: ``(indptr [I+1], indices [nnz], weights [nnz])`` rows of Â (finite weights >= 0), or
+            None (exactly one of the two must be given).
         num_groups: G.
         ks: cutoffs.
-        ratio: share of worst-off groups in MMF.
+        ratio: share of worst-off groups in MMF, in ``[0, 1]``.
         utility: ``"sigmoid"`` or ``"sigmoid_plus_one"``.
     """
 
@@ -68,9 +69,7 @@ class ItemGroupFairness(Metric):
         super().__init__(**kwargs)
         self.num_groups = check_num_groups("num_groups", num_groups)
         self.ks = check_ks(ks)
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must lie in [0, 1], got {ratio}")
-        self.ratio = ratio
+        self.ratio = check_ratio("ratio", ratio, zero_ok=True)
         if utility not in ("sigmoid", "sigmoid_plus_one"):
             raise ValueError(f"utility must be 'sigmoid' or 'sigmoid_plus_one', got {utility!r}")
         self.utility = utility
@@ -102,14 +101,18 @@ class ItemGroupFairness(Metric):
         check_csr(indptr, indices, indptr.numel() - 1, "item_group_csr[0]", "item_group_csr[1]")
         check_ids("item_group_csr[1]", indices, self.num_groups)
         check_shape("item_group_csr[2]", weights, tuple(indices.shape))
-        return indptr.long(), indices.long(), weights.to(torch.float64)
+        weights = weights.to(torch.float64)
+        if not bool((weights.isfinite() & (weights >= 0)).all()):  # a negative share gives inf Gini, NaN entropy
+            raise ValueError("item_group_csr[2] (the weights of Â) must be finite and >= 0")
+        return indptr.long(), indices.long(), weights
 
     def update(self, topk_items: Tensor, scores: Tensor | None = None) -> None:
         """Accumulate a batch of top-K lists.
 
         Args:
             topk_items: ``[B, Kmax]`` long in rank order, ``-1`` = padding (an empty slot).
-            scores: ``[B, Kmax]`` float ranking scores of those items, or None (exposure only).
+            scores: ``[B, Kmax]`` float ranking scores of those items, or None (exposure only); NaN is
+                rejected at shown slots (padding slots are not read).
         """
         check_topk("topk_items", topk_items, max(self.ks))
         check_ids("topk_items", topk_items, self.num_items, allow_padding=True)
@@ -127,7 +130,10 @@ class ItemGroupFairness(Metric):
         self.exposure += self._per_group(groups, in_k * weights)
         if scores is not None:
             check_shape("scores", scores, tuple(topk_items.shape))
-            value = torch.sigmoid(scores[valid].to(torch.float64)) + (self.utility == "sigmoid_plus_one")
+            shown_scores = scores[valid].to(torch.float64)
+            if bool(shown_scores.isnan().any()):
+                raise ValueError("scores contains NaN at a shown (non-padding) slot")
+            value = torch.sigmoid(shown_scores) + (self.utility == "sigmoid_plus_one")
             self.utility_sum += self._per_group(groups, in_k * (weights * value[slot]))
             self.scored_updates += 1
         shown = ranks[None, :] < self.ks_tensor[:, None]  # [L, S]

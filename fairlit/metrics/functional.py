@@ -18,7 +18,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fairlit.metrics._validation import check_csr, check_ids, check_names, check_shape
+from fairlit.metrics._validation import (
+    check_csr,
+    check_ids,
+    check_integer,
+    check_names,
+    check_num_groups,
+    check_ratio,
+    check_shape,
+)
 
 RANKING_METRICS = ("recall", "precision", "ndcg", "hit", "mrr", "hr")
 
@@ -62,7 +70,7 @@ def targets_per_group(
     Args:
         target_indptr: ``[B + 1]`` long CSR row pointer.
         target_indices: ``[nnz]`` long relevant item ids.
-        item_group: ``[I]`` long group id of every item.
+        item_group: ``[I]`` long group id of every item, in ``[0, G)``.
         num_groups: ``G``.
 
     Returns:
@@ -70,6 +78,10 @@ def targets_per_group(
     """
     batch = target_indptr.numel() - 1
     check_csr(target_indptr, target_indices, batch, "target_indptr", "target_indices")
+    check_num_groups("num_groups", num_groups)
+    if item_group.dim() != 1:
+        raise ValueError(f"item_group must be 1-D [I], got shape {tuple(item_group.shape)}")
+    check_ids("item_group", item_group, num_groups)
     check_ids("target_indices", target_indices, item_group.numel())
     row_ids = torch.arange(batch, device=target_indices.device)
     rows = torch.repeat_interleave(row_ids, target_indptr.diff(), output_size=target_indices.numel())
@@ -81,6 +93,7 @@ def _check_user_inputs(hits: Tensor, num_relevant: Tensor) -> None:
     if hits.dim() != 2 or hits.shape[1] < 1:
         raise ValueError(f"hits must be [B, K] with K >= 1, got shape {tuple(hits.shape)}")
     check_shape("num_relevant", num_relevant, (hits.shape[0],))
+    check_integer("num_relevant", num_relevant)
     if num_relevant.numel() and bool((num_relevant < 1).any()):
         raise ValueError("num_relevant must be >= 1 for every user; drop users without relevant items first")
 
@@ -173,41 +186,56 @@ def per_user_metrics(hits: Tensor, num_relevant: Tensor, ks: Sequence[int], metr
     return torch.stack([torch.stack([_PER_USER[m](hits[:, :k], num_relevant) for k in ks]) for m in metrics])
 
 
+def _check_group_vector(name: str, u: Tensor) -> None:
+    if u.dim() == 0 or u.shape[-1] == 0:
+        raise ValueError(f"{name} must be [..., G] with G >= 1 groups, got shape {tuple(u.shape)}")
+
+
 def gini(u: Tensor) -> Tensor:
     """Gini index of ``u [..., G]`` (FairDual code): sort ascending, ``c = cumsum``,
     ``Gini = (G + 1 − 2·Σ_g c_g / c_G) / G``. 0 = equal, ``(G − 1)/G`` = one group has everything."""
+    _check_group_vector("u", u)
     groups = u.shape[-1]
     cum = u.sort(-1).values.cumsum(-1)
     return (groups + 1 - 2 * cum.sum(-1) / cum[..., -1]) / groups
 
 
 def mmf(u: Tensor, ratio: float = 0.2) -> Tensor:
-    """Max-min fairness ``Σ_{r=1..n_w} u_(r) / Σ_g u_g`` with ``n_w = ⌊ratio·G⌋`` smallest values.
+    """Max-min fairness ``Σ_{r=1..n_w} u_(r) / Σ_g u_g`` with ``n_w = ⌊ratio·G⌋`` smallest values,
+    ``ratio ∈ [0, 1]``.
 
     Zero groups are included; the result lies in ``[0, n_w / G]`` and is 0 when ``n_w = 0``.
     """
+    _check_group_vector("u", u)
+    check_ratio("ratio", ratio, zero_ok=True)
     worst = math.floor(ratio * u.shape[-1])
     return u.sort(-1).values[..., :worst].sum(-1) / u.sum(-1)
 
 
 def min_max_ratio(u: Tensor) -> Tensor:
     """``min_g u_g / max_g u_g`` over the last dimension."""
+    _check_group_vector("u", u)
     return u.amin(-1) / u.amax(-1)
 
 
 def entropy(u: Tensor) -> Tensor:
     """Entropy in bits of the normalised vector: ``p = u / Σu``, ``H = −Σ_g p_g log2 p_g`` (0·log 0 = 0)."""
+    _check_group_vector("u", u)
     p = u / u.sum(-1, keepdim=True)
     return -torch.special.xlogy(p, p).sum(-1) / math.log(2.0)
 
 
 def coefficient_of_variation(u: Tensor, eps: float = 0.0) -> Tensor:
     """``std(u) / (mean(u) + eps)`` with the population std (ddof = 0) over the last dimension."""
+    _check_group_vector("u", u)
     return u.std(-1, correction=0) / (u.mean(-1) + eps)
 
 
 def worst_fraction_mean(u: Tensor, ratio: float = 0.25) -> Tensor:
-    """Mean of the ``⌊ratio·G⌋`` smallest values of ``u [..., G]`` (ITFR's MIN@K; NaN sorts last)."""
+    """Mean of the ``⌊ratio·G⌋`` smallest values of ``u [..., G]`` (ITFR's MIN@K; NaN sorts last),
+    ``ratio ∈ (0, 1]``. NaN when ``⌊ratio·G⌋ = 0`` (fewer than ``1 / ratio`` groups: no group to average)."""
+    _check_group_vector("u", u)
+    check_ratio("ratio", ratio, zero_ok=False)
     worst = math.floor(ratio * u.shape[-1])
     return u.sort(-1).values[..., :worst].mean(-1)
 
@@ -218,6 +246,7 @@ def nan_group_stats(values: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     NaN marks a group with no data (e.g. a user group with no evaluated user), so missing groups neither
     count as 0 nor poison the summary. All four are NaN when every entry is NaN.
     """
+    _check_group_vector("values", values)
     present = ~values.isnan()
     mean = values.nanmean(-1)
     std = ((values - mean[..., None]) ** 2).nanmean(-1).sqrt()

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from fairlit.metrics import functional as F
-from fairlit.metrics._validation import check_ids, check_ks, check_num_groups, check_shape, check_topk
+from fairlit.metrics._validation import check_ids, check_ks, check_num_groups, check_ratio, check_shape, check_topk
 
 
 class _ItemGroupRecallBase(Metric):
@@ -117,7 +117,7 @@ class IntersectionalFairness(_ItemGroupRecallBase):
         item_group: ``[I]`` long item group per item.
         num_item_groups: Q.
         ks: cutoffs.
-        min_ratio: share of worst cells averaged by ``min@K``.
+        min_ratio: share of worst cells averaged by ``min@K``, in ``(0, 1]``.
     """
 
     def __init__(
@@ -131,7 +131,7 @@ class IntersectionalFairness(_ItemGroupRecallBase):
     ) -> None:
         super().__init__(item_group, num_item_groups, ks, **kwargs)
         self.num_user_groups = check_num_groups("num_user_groups", num_user_groups)
-        self.min_ratio = min_ratio
+        self.min_ratio = check_ratio("min_ratio", min_ratio, zero_ok=False)
         cells = (self.num_user_groups, self.num_item_groups)
         util = torch.zeros(len(self.ks), *cells, dtype=torch.float64)
         self.add_state("util_sum", util, dist_reduce_fx="sum")

@@ -85,6 +85,13 @@ def finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"`{name}` contains {'NaN' if bool(torch.isnan(t).any()) else 'inf'}")
 
 
+def non_negative(name: str, t: torch.Tensor) -> None:
+    """Reject NaN, ±inf and values < 0 (weights, budget shares)."""
+    finite(name, t)
+    if t.numel() and _reads_values() and bool((t < 0).any()):
+        raise ValueError(f"`{name}` must be >= 0, got min {t.min().item()!r}")
+
+
 def csr(indptr_name: str, indptr: torch.Tensor, indices_name: str, indices: torch.Tensor, rows: int, rows_doc: str,
         cols: int, what: str, validate: bool) -> None:
     """Check a CSR structure of `rows` rows whose column ids (`what`) lie in [0, cols)."""

@@ -75,8 +75,8 @@ def group_bpr_loss(pos: torch.Tensor, neg: torch.Tensor, groups: torch.Tensor, n
         neg: [N] or [N, M] negative scores (same dtype as `pos`).
         groups: [N] int64 in [0, num_groups).
         num_groups: G.
-        weight: optional [N] per-sample weight (same dtype as `pos`).
-        validate: check group ids.
+        weight: optional [N] per-sample weight >= 0 (same dtype as `pos`).
+        validate: check group ids, finite scores and finite weights >= 0 (host syncs on CUDA).
 
     Returns:
         (loss_sum [G], count [G] int64); loss_sum is float32 for half inputs (a float16 sum overflows),
@@ -98,6 +98,11 @@ def group_bpr_loss(pos: torch.Tensor, neg: torch.Tensor, groups: torch.Tensor, n
         check.same_device(("pos", pos), ("weight", weight))
         if weight.shape != pos.shape:
             raise ValueError(f"`weight` must have shape {tuple(pos.shape)}, got {tuple(weight.shape)}")
+    if validate:
+        check.finite("pos", pos)
+        check.finite("neg", neg)
+        if weight is not None:
+            check.non_negative("weight", weight)
     if has_op("group_bpr_loss", pos.device):
         return torch.ops.fairlit.group_bpr_loss(pos, neg, groups, num_groups, weight)
     return reference.group_bpr_loss(pos, neg, groups, num_groups, weight)

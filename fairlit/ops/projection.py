@@ -102,8 +102,8 @@ def dual_projection(mu: torch.Tensor, mhat: torch.Tensor, lam: float | torch.Ten
 def check_dual_state(mu: torch.Tensor, named: tuple[tuple[str, torch.Tensor], ...], lam: float, eta: float,
                      alpha: float, metric: str, target: str, validate: bool) -> None:
     """Arguments of FairDual's dual update: `metric`/`target` names, λ ≥ 0, η > 0, α ∈ (0, 1], μ a [G] float32/64
-    tensor and every ``(name, tensor)`` of `named` (which holds ``mhat``) [G] like it, one dtype and device; with
-    `validate` finite μ, m̂ > 0 and finite others (a host sync on CUDA)."""
+    tensor and every ``(name, tensor)`` of `named` (which holds ``mhat`` and ``rho``) [G] like it, one dtype and
+    device; with `validate` finite μ, m̂ > 0, finite ρ >= 0 and finite others (a host sync on CUDA)."""
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
     if target not in TARGETS:
@@ -122,7 +122,9 @@ def check_dual_state(mu: torch.Tensor, named: tuple[tuple[str, torch.Tensor], ..
     if validate:
         _check_values(mu, dict(named)["mhat"], None)  # finite μ, m̂ > 0
         for name, t in named:
-            if name not in ("rho", "mhat"):
+            if name == "rho":
+                check.non_negative(name, t)
+            elif name != "mhat":
                 check.finite(name, t)
 
 
@@ -147,15 +149,15 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
         gamma: [G] remaining budget γ, updated in place (only read with ``target="remaining"``).
         share: [G] d, the batch's per-slot group share D / (B·K).
         batch_fraction: f = B / N, the batch's share of an epoch: a float or a one-element tensor (no sync).
-        rho: [G] budget shares ρ (the constant target).
+        rho: [G] budget shares ρ >= 0 (the constant target).
         mhat: [G] weights m̂ > 0 of M and of the mirror metric.
         lam: λ ≥ 0, radius of M.
         eta: η > 0, dual step size.
         alpha: α ∈ (0, 1], weight of the new gradient in the momentum.
         metric: ``"weighted"`` or ``"euclid"``.
         target: ``"remaining"`` or ``"constant"``.
-        validate: check values (m̂ > 0, finite d, μ, g, γ and f; a host sync on CUDA). Shapes, dtypes, devices
-            and the Python numbers are always checked.
+        validate: check values (m̂ > 0, finite ρ >= 0, finite d, μ, g, γ and f; a host sync on CUDA). Shapes,
+            dtypes, devices and the Python numbers are always checked.
 
     Returns:
         `mu` (updated). No derivative: under grad mode with state that requires grad it raises.

@@ -10,6 +10,14 @@ from . import reference
 from ._library import has_op
 
 
+def _check_tables(user_emb: torch.Tensor, item_emb: torch.Tensor, validate: bool) -> None:
+    """The embedding pair; with `validate` also finite (a host sync on CUDA): NaN or inf gives NaN scores."""
+    check.embeddings(user_emb, item_emb)
+    if validate:
+        check.finite("user_emb", user_emb)
+        check.finite("item_emb", item_emb)
+
+
 def _check_candidates(candidates: torch.Tensor, user_emb: torch.Tensor, num_items: int, validate: bool) -> None:
     check.index("candidates", candidates)
     check.same_device(("user_emb", user_emb), ("candidates", candidates))
@@ -29,13 +37,13 @@ def score_candidates(user_emb: torch.Tensor, item_emb: torch.Tensor, candidates:
         user_emb: [B, d] float.
         item_emb: [I, d] float, same dtype and device.
         candidates: [B, C] per-row or [C] shared int64 item ids in [0, I).
-        validate: check item ids (a host sync on CUDA).
+        validate: check item ids, and NaN / inf embeddings (a host sync on CUDA).
 
     Returns:
         [B, C] scores in the embedding dtype (float32 accumulation for half). Differentiable in both
         embeddings; repeated item ids accumulate their gradients.
     """
-    check.embeddings(user_emb, item_emb)
+    _check_tables(user_emb, item_emb, validate)
     _check_candidates(candidates, user_emb, item_emb.shape[0], validate)
     if has_op("score_candidates", user_emb.device):
         return torch.ops.fairlit.score_candidates(user_emb, item_emb, candidates)
@@ -60,7 +68,7 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
         (values [B, k], indices [B, k] int64 item ids): descending scores, ties to the lower item id;
         where fewer than k items are eligible the tail is (-inf, -1). Not differentiable.
     """
-    check.embeddings(user_emb, item_emb)
+    _check_tables(user_emb, item_emb, validate)
     check.positive_int("k", k)
     num_items = item_emb.shape[0]
     if candidates is not None:
@@ -72,9 +80,6 @@ def topk_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, k: int, candidat
                   num_items, "item id", validate)
         check.same_device(("user_emb", user_emb), ("exclude_indptr", exclude_indptr),
                           ("exclude_indices", exclude_indices))
-    if validate:
-        check.finite("user_emb", user_emb)
-        check.finite("item_emb", item_emb)
     args = (user_emb.detach(), item_emb.detach(), k, candidates, exclude_indptr, exclude_indices)
     if has_op("topk_scores", user_emb.device):
         return torch.ops.fairlit.topk_scores(*args)

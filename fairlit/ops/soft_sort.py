@@ -36,19 +36,21 @@ def _check_scores(scores: torch.Tensor, tau: float, k: int | None, validate: boo
     check.positive_int("k", k)
     if k > n:
         raise ValueError(f"`k` must be <= N = {n} (the number of items per row), got {k}")
-    reads = validate and scores.numel() and not torch.compiler.is_compiling()
-    if reads and not bool(scores.isfinite().all()):
-        raise ValueError("`scores` contains NaN or inf")
+    if validate:
+        check.finite("scores", scores)
     return k
 
 
-def _check_same(name: str, t: torch.Tensor, scores: torch.Tensor) -> None:
+def _check_same(name: str, t: torch.Tensor, scores: torch.Tensor, validate: bool) -> None:
+    """`t` [B, N] like `scores`; with `validate` also finite (a NaN gain would give a NaN or, in soft_ndcg, 0)."""
     check.floating(name, t)
     check.same_dtype(("scores", scores), (name, t))
     check.same_device(("scores", scores), (name, t))
     if t.shape != scores.shape:
         raise ValueError(f"`{name}` must have the shape of `scores` {tuple(scores.shape)}, "
                          f"got {tuple(t.shape)}")
+    if validate:
+        check.finite(name, t)
 
 
 def neuralsort(scores: torch.Tensor, tau: float, k: int | None = None, *,
@@ -91,13 +93,13 @@ def soft_rank_gain(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int
         tau: temperature > 0.
         k: number of soft ranks, 1 <= k <= N.
         discounts: optional [k] float weights d_r (default DCG discounts).
-        validate: check that scores are finite (see `neuralsort`).
+        validate: check that scores, gains and discounts are finite (see `neuralsort`).
 
     Returns:
         [B] in the dtype of `scores`. Differentiable in `scores`, `gains` and `discounts`.
     """
     k = _check_scores(scores, tau, k, validate)
-    _check_same("gains", gains, scores)
+    _check_same("gains", gains, scores, validate)
     acc = _acc_dtype(scores.dtype)
     if discounts is None:
         discounts = reference._dcg_discounts(k, acc, scores.device)
@@ -106,6 +108,8 @@ def soft_rank_gain(scores: torch.Tensor, gains: torch.Tensor, tau: float, k: int
         check.same_device(("scores", scores), ("discounts", discounts))
         if discounts.shape != (k,):
             raise ValueError(f"`discounts` must be [k] = [{k}], got {tuple(discounts.shape)}")
+        if validate:
+            check.finite("discounts", discounts)
     if has_op("soft_rank_gain", scores.device):
         return torch.ops.fairlit.soft_rank_gain(scores, gains, float(tau), k, discounts)[0]
     return reference.soft_rank_gain(scores, gains, tau, k, discounts)
@@ -123,13 +127,13 @@ def soft_ndcg(scores: torch.Tensor, relevance: torch.Tensor, tau: float, k: int,
         relevance: [B, N] non-negative, dtype and device of `scores`.
         tau: temperature > 0.
         k: cut-off, 1 <= k <= N.
-        validate: check that scores are finite (see `neuralsort`).
+        validate: check that scores and relevance are finite (see `neuralsort`).
 
     Returns:
         [B] in the dtype of `scores`, in [0, 1] for non-negative relevance. Differentiable in `scores`.
     """
     k = _check_scores(scores, tau, k, validate)
-    _check_same("relevance", relevance, scores)
+    _check_same("relevance", relevance, scores, validate)
     acc = _acc_dtype(scores.dtype)
     disc = reference._dcg_discounts(k, acc, scores.device)
     dcg = soft_rank_gain(scores, relevance, tau, k, disc, validate=False).to(acc)

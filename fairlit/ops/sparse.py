@@ -13,20 +13,34 @@ from ._library import has_op
 CSR = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, num_cols: int) -> CSR:
+def _num_rows(indptr: torch.Tensor) -> int:
+    """M of the row pointers `indptr` [M + 1]."""
+    if not isinstance(indptr, torch.Tensor) or indptr.dim() != 1 or indptr.numel() < 1:
+        raise ValueError("`indptr` must be a 1-D tensor [M + 1] with at least one entry")
+    return indptr.numel() - 1
+
+
+def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, num_cols: int, *,
+                  validate: bool = True) -> CSR:
     """The CSR of Aᵀ [N, M] from the CSR of A [M, N].
 
     Args:
-        indptr: [M + 1] int64 row pointers of A.
+        indptr: [M + 1] int64 row pointers of A, non-decreasing from 0 to nnz.
         indices: [nnz] int64 column ids in [0, num_cols).
         values: [nnz] entries.
-        num_cols: N.
+        num_cols: N >= 0.
+        validate: check pointers and ids (a host sync on CUDA, as the transpose itself has).
 
     Returns:
         (t_indptr [N + 1], t_indices [nnz] row ids of A, t_values [nnz]); within a row of Aᵀ entries keep
         A's row order (a stable sort by column).
     """
-    rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1, device=indptr.device), indptr.diff())
+    check.numbers(("num_cols", num_cols, isinstance(num_cols, int) and num_cols >= 0, "an int >= 0"))
+    num_rows = _num_rows(indptr)
+    check.csr("indptr", indptr, "indices", indices, num_rows, "M + 1", num_cols, "column id", validate)
+    if values.shape != indices.shape:
+        raise ValueError(f"`values` has {values.numel()} entries but `indices` has {indices.numel()}")
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=indptr.device), indptr.diff())
     order = torch.sort(indices, stable=True).indices
     counts = torch.bincount(indices, minlength=num_cols)
     t_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
@@ -60,16 +74,14 @@ def csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
     check.ndim("values", values, (1,), "[nnz]")
     if values.requires_grad:
         raise ValueError("csr_matmul does not differentiate w.r.t. the matrix: pass `values.detach()`")
-    if not isinstance(indptr, torch.Tensor) or indptr.dim() != 1 or indptr.numel() < 1:
-        raise ValueError("`indptr` must be a 1-D tensor [M + 1] with at least one entry")
-    rows, cols = indptr.numel() - 1, x.shape[0]
+    rows, cols = _num_rows(indptr), x.shape[0]
     validate = validate or not has_op("csr_matmul", x.device)
     check.csr("indptr", indptr, "indices", indices, rows, "M + 1", cols, "column id", validate)
     if values.shape != indices.shape:
         raise ValueError(f"`values` has {values.numel()} entries but `indices` has {indices.numel()}")
     check.same_device(("x", x), ("indptr", indptr), ("indices", indices), ("values", values))
     if transpose is None:
-        transpose = csr_transpose(indptr, indices, values, cols)
+        transpose = csr_transpose(indptr, indices, values, cols, validate=False)  # A was checked above
     elif not (isinstance(transpose, (tuple, list)) and len(transpose) == 3):
         raise ValueError("`transpose` must be a tuple (indptr, indices, values) of Aᵀ, or None")
     t_indptr, t_indices, t_values = transpose

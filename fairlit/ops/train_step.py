@@ -47,9 +47,13 @@ def _batches(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
 
 def _check_adam_numbers(reg_weight: float, lr: float, beta1: float, beta2: float, eps: float,
                         weight_decay: float) -> None:
-    check.numbers(("reg_weight", reg_weight, reg_weight >= 0, ">= 0"), ("lr", lr, lr >= 0, ">= 0"),
+    # Adam divides by sqrt(v̂) + eps, and v̂ is 0 for a row without gradient yet: eps = 0 gives 0 / 0 = NaN.
+    inf = float("inf")
+    check.numbers(("reg_weight", reg_weight, 0 <= reg_weight < inf, ">= 0 and finite"),
+                  ("lr", lr, 0 <= lr < inf, ">= 0 and finite"),
                   ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"), ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"),
-                  ("eps", eps, eps >= 0, ">= 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
+                  ("eps", eps, 0 < eps < inf, "> 0 and finite"),
+                  ("weight_decay", weight_decay, 0 <= weight_decay < inf, ">= 0 and finite"))
 
 
 def _check_state(user_emb, item_emb, user_exp_avg, user_exp_avg_sq, item_exp_avg, item_exp_avg_sq, user_step, item_step,
@@ -123,7 +127,8 @@ def bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_exp_avg: 
         weight: per-row weights w, the shape of `users` and the tables' dtype; None means 1.
         reg_weight: λ ≥ 0.
         sigmoid_scores: train on σ(ŷ) instead of ŷ.
-        lr, beta1, beta2, eps, weight_decay: Adam's hyper-parameters.
+        lr, beta1, beta2, eps, weight_decay: Adam's hyper-parameters: lr >= 0, betas in [0, 1), eps > 0,
+            weight_decay >= 0 (all finite).
         validate: check dtypes, shapes and devices here, ids against the tables and weights for NaN/inf (a host
             sync on CUDA). With False (the per-step call of a training loop) only the batch shapes and the
             hyper-parameters are checked in Python; the kernel still checks dtypes, shapes, devices and (CPU) ids,
@@ -182,7 +187,7 @@ def fairdual_bpr_adam_step(user_emb: torch.Tensor, item_emb: torch.Tensor, user_
         mu, gmom, gamma: [G] dual state (float32 or float64), as for `dual_mirror_step`.
         sampled: [S, Q] int64 item ids of each batch's dual signal (or [Q], one batch); ``topk <= Q``.
         group_ids, group_weights: [I, P] padded Â rows, as for `sampled_topk_group_stats`.
-        rho, mhat: [G] budget shares ρ and weights m̂ > 0 (dtype of `mu`).
+        rho, mhat: [G] budget shares ρ >= 0 and weights m̂ > 0 (dtype of `mu`).
         topk: K_f >= 1.
         batch_fraction: f = B / N, each batch's share of an epoch's budget.
         lam, eta, alpha, metric, target: the dual step's constants, as for `dual_mirror_step`.

@@ -112,6 +112,15 @@ def test_item_group_fairness_rejects_bad_input():
         metric.update(torch.tensor([[0]]))
     with pytest.raises(ValueError, match="scores"):
         metric.update(torch.tensor([[0, 1]]), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="scores contains NaN at a shown"):
+        metric.update(torch.tensor([[0, 1]]), torch.tensor([[float("nan"), 1.0]]))
+    metric.update(torch.tensor([[0, -1]]), torch.tensor([[1.0, float("nan")]]))  # a padding slot's score is unread
+    with pytest.raises(ValueError, match="ratio must lie in \\[0, 1\\], got 2"):
+        ItemGroupFairness(torch.tensor([0, 1]), num_groups=2, ratio=2)
+    for weight in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="item_group_csr\\[2\\] \\(the weights of Â\\) must be finite and >= 0"):
+            csr = (torch.tensor([0, 1, 2]), torch.tensor([0, 1]), torch.tensor([weight, 1.0]))
+            ItemGroupFairness(item_group_csr=csr, num_groups=2)
 
 
 def user_oracle(case, user_group, num_groups, ks, names):

@@ -96,6 +96,8 @@ def test_per_user_rejects_users_without_relevant_items_and_bad_shapes():
         F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([1]), [1], ("f1",))
     with pytest.raises(ValueError, match="largest k"):
         F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([1]), [4], ("recall",))
+    with pytest.raises(ValueError, match="num_relevant must be an integer tensor, got torch.float32"):
+        F.ndcg_at_k(torch.ones(2, 3, dtype=torch.bool), torch.tensor([1.0, 2.0]))
 
 
 def test_per_user_empty_batch():
@@ -143,6 +145,25 @@ def test_group_vector_edge_values():
     assert F.coefficient_of_variation(torch.zeros(3), eps=1e-10).item() == 0.0
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: F.mmf(torch.ones(4), ratio=2), "ratio must lie in \\[0, 1\\], got 2"),
+        (lambda: F.mmf(torch.ones(4), ratio=-1), "ratio must lie in \\[0, 1\\], got -1"),
+        (lambda: F.worst_fraction_mean(torch.ones(4), 0), "ratio must lie in \\(0, 1\\], got 0"),
+        (lambda: F.worst_fraction_mean(torch.ones(4), float("nan")), "ratio must lie in \\(0, 1\\], got nan"),
+        (lambda: F.gini(torch.zeros(0)), "u must be \\[..., G\\] with G >= 1 groups, got shape \\(0,\\)"),
+        (lambda: F.min_max_ratio(torch.zeros(0)), "u must be \\[..., G\\] with G >= 1"),
+        (lambda: F.entropy(torch.zeros(3, 0)), "u must be \\[..., G\\] with G >= 1"),
+        (lambda: F.coefficient_of_variation(torch.tensor(1.0)), "u must be \\[..., G\\] with G >= 1"),
+        (lambda: F.nan_group_stats(torch.zeros(0)), "values must be \\[..., G\\] with G >= 1"),
+    ],
+)
+def test_group_vector_functions_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_nan_group_stats_ignores_missing_groups():
     x = torch.tensor([[1.0, float("nan"), 3.0], [float("nan")] * 3], dtype=torch.float64)
     mean, std, low, high = F.nan_group_stats(x)
@@ -156,3 +177,22 @@ def test_targets_per_group_counts():
     assert out.tolist() == [[0, 2, 1], [0, 0, 0], [1, 0, 0]]
     with pytest.raises(ValueError, match="target_indices"):
         F.targets_per_group(torch.tensor([0, 1]), torch.tensor([4]), item_group, 3)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, 7]), 2),
+         "item_group values must lie in \\[0, 2\\), got \\[0, 7\\]"),
+        ((torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, -1]), 2), "item_group values must lie in"),
+        ((torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([[0, 1]]), 2), "item_group must be 1-D"),
+        ((torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, 1]), 0), "num_groups must be a positive int"),
+        ((torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.tensor([0, 1]), 2),
+         "target_indptr must be 1-D \\[rows \\+ 1\\] with at least one entry"),
+        ((torch.tensor([0.0, 2.0]), torch.tensor([0, 1]), torch.tensor([0, 1]), 2),
+         "target_indptr must be an integer tensor"),
+    ],
+)
+def test_targets_per_group_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        F.targets_per_group(*args)

@@ -88,3 +88,5 @@ def test_rejects_bad_update():
         metric.update(torch.ones(2, 2, dtype=torch.bool), torch.ones(2, dtype=torch.long))
     with pytest.raises(ValueError, match="num_relevant"):
         metric.update(torch.ones(2, 3, dtype=torch.bool), torch.ones(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_relevant must be an integer tensor"):
+        metric.update(torch.ones(2, 3, dtype=torch.bool), torch.tensor([2.0, 1.0]))

@@ -125,6 +125,12 @@ def test_intersectional_equal_cells_and_full_list():
     assert [result[f"{n}@4"].item() for n in ("cv", "icv", "ucv", "min")] == [0.0, 0.0, 0.0, 1.0]
 
 
+@pytest.mark.parametrize("min_ratio", [0, -1, 1.5, float("nan")])
+def test_intersectional_rejects_min_ratio_outside_0_1(min_ratio):
+    with pytest.raises(ValueError, match="min_ratio must lie in \\(0, 1\\]"):
+        IntersectionalFairness(2, torch.tensor([0, 1]), 2, min_ratio=min_ratio)
+
+
 def test_intersectional_rejects_bad_user_group():
     metric = IntersectionalFairness(2, torch.tensor([0, 1]), 2, ks=[1])
     topk, indptr, indices = torch.tensor([[0]]), torch.tensor([0, 1]), torch.tensor([0])

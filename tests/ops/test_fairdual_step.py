@@ -227,12 +227,14 @@ def _call(validate=True, **change):
     (dict(gmom=torch.zeros(3, dtype=torch.float64)), ValueError, "`gmom` must be \\[G\\] like `mu`"),
     (dict(mhat=torch.tensor([1.0, 0.0], dtype=torch.float64)), ValueError, "`mhat` must be > 0"),
     (dict(mu=torch.tensor([0.0, float("nan")], dtype=torch.float64)), ValueError, "`mu` contains NaN"),
+    (dict(rho=torch.tensor([-1.0, 1.0], dtype=torch.float64)), ValueError, "`rho` must be >= 0"),
     (dict(group_ids=torch.zeros(4, 1, dtype=torch.long)), ValueError, "`group_ids` must be \\[I, P\\] with I = 5"),
     (dict(group_ids=torch.full((5, 1), 2)), ValueError, "`group_ids` contains group id 2"),
     (dict(signal_items=torch.zeros(4, 2, dtype=torch.float64)), ValueError, "`signal_items` must be shaped like"),
     (dict(users=torch.tensor([[0, 3], [0, 0]])), ValueError, "`users` contains user id 3"),
     (dict(neg=torch.zeros(2, 3, 1, dtype=torch.long)), ValueError, "`neg` must be"),
     (dict(lr=-1.0), ValueError, "`lr` must be >= 0"),
+    (dict(eps=0.0), ValueError, "`eps` must be > 0"),
 ])
 def test_bad_input_names_the_argument(change, error, message):
     with pytest.raises(error, match=message):

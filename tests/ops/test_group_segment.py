@@ -113,7 +113,7 @@ def _samples():
     g = torch.randint(0, 5, (40,))
     pos = torch.randn(40, dtype=torch.float64, requires_grad=True)
     neg = torch.randn(40, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(40, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(40, dtype=torch.float64) + 0.1).requires_grad_()  # > 0 with margin: gradcheck perturbs it
     return v, g, pos, neg, w
 
 
@@ -154,6 +154,9 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b)
 
 
+NAN, INF, G2 = float("nan"), float("inf"), torch.tensor([0, 1])
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda: ops.group_sum(torch.ones(3), torch.tensor([0, 5, 1]), 3), ValueError, "`groups` contains group id 5"),
     (lambda: ops.group_sum(torch.ones(3), torch.tensor([0, -1, 1]), 3), ValueError, "expected ids in \\[0, 3\\)"),
@@ -169,6 +172,12 @@ def test_torch_compile_fullgraph_matches_eager():
      TypeError, "`neg` has dtype"),
     (lambda: ops.group_bpr_loss(torch.ones(3), torch.ones(3), torch.tensor([0, 1, 1]), 2, torch.ones(2)), ValueError,
      "`weight` must have shape"),
+    (lambda: ops.group_bpr_loss(torch.tensor([NAN, 1.0]), torch.zeros(2), G2, 2), ValueError, "`pos` contains NaN"),
+    (lambda: ops.group_bpr_loss(torch.zeros(2), torch.tensor([[INF], [0.0]]), G2, 2), ValueError, "`neg` contains inf"),
+    (lambda: ops.group_bpr_loss(torch.zeros(2), torch.zeros(2), G2, 2, torch.tensor([NAN, 1.0])), ValueError,
+     "`weight` contains NaN"),
+    (lambda: ops.group_bpr_loss(torch.zeros(2), torch.zeros(2), G2, 2, torch.tensor([-1.0, 1.0])), ValueError,
+     "`weight` must be >= 0, got min -1.0"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):

@@ -310,6 +310,10 @@ def _mirror(**changes):
      "`batch_fraction` must be a float or one"),
     (_mirror(share=torch.tensor([0.5, float("nan"), 0.5], dtype=torch.float64)), ValueError, "`share` contains NaN"),
     (_mirror(mhat=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)), ValueError, "`mhat` must be > 0"),
+    (_mirror(rho=torch.tensor([float("nan"), 0.5, 0.5], dtype=torch.float64), target="constant"), ValueError,
+     "`rho` contains NaN"),
+    (_mirror(rho=torch.tensor([-5.0, 0.5, 0.5], dtype=torch.float64), target="constant"), ValueError,
+     "`rho` must be >= 0, got min -5.0"),
 ])
 def test_mirror_step_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):

@@ -286,6 +286,11 @@ def test_compile_fullgraph_matches_eager():
     (lambda s: ops.soft_rank_gain(s, s[:, :3], 1.0, 2), "gains"),
     (lambda s: ops.soft_rank_gain(s, s.float(), 1.0, 2), "gains"),
     (lambda s: ops.soft_rank_gain(s, s, 1.0, 2, torch.ones(3, dtype=s.dtype)), "discounts"),
+    (lambda s: ops.soft_rank_gain(s, s.index_fill(1, torch.tensor([0]), float("nan")), 1.0, 2), "`gains` contains NaN"),
+    (lambda s: ops.soft_rank_gain(s, s, 1.0, 2, torch.tensor([1.0, float("inf")], dtype=s.dtype)),
+     "`discounts` contains inf"),
+    (lambda s: ops.soft_ndcg(s, s.abs().index_fill(1, torch.tensor([0]), float("nan")), 1.0, 3),
+     "`relevance` contains NaN"),
     (lambda s: ops.soft_hit(s, torch.tensor([0, 5]), 1.0), "pos_index"),
     (lambda s: ops.soft_hit(s, 7, 1.0), "pos_index"),
 ])

@@ -128,6 +128,13 @@ IP, IX, V, X = torch.tensor([0, 2, 3]), torch.tensor([0, 2, 1]), torch.ones(3), 
     (lambda: ops.csr_matmul(IP, IX, V, X, transpose=(IP, IX, V)), ValueError,
      "`transpose\\[0\\] \\(indptr of Aᵀ\\)` must be \\[N \\+ 1\\] = \\[4\\]"),
     (lambda: ops.csr_matmul(IP, IX, V, X, transpose=IP), ValueError, "`transpose` must be a tuple"),
+    (lambda: ops.csr_transpose(torch.tensor([0, 1, 2]), torch.tensor([0, 5]), V[:2], 3), ValueError,
+     "`indices` contains column id 5; expected ids in \\[0, 3\\)"),
+    (lambda: ops.csr_transpose(torch.tensor([0, 1, 2]), torch.tensor([0, -1]), V[:2], 3), ValueError,
+     "`indices` contains column id -1"),
+    (lambda: ops.csr_transpose(torch.tensor([0, 1, 1]), IX, V, 3), ValueError, "end at len\\(indices\\) = 3"),
+    (lambda: ops.csr_transpose(IP, IX, V[:2], 3), ValueError, "`values` has 2 entries but `indices` has 3"),
+    (lambda: ops.csr_transpose(IP, IX, V, -1), ValueError, "`num_cols` must be an int >= 0"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):

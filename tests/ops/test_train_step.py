@@ -182,6 +182,10 @@ def _call(**change):
     (dict(lr=-1.0), ValueError, "`lr` must be >= 0"),
     (dict(beta1=1.0), ValueError, "`beta1` must be in \\[0, 1\\)"),
     (dict(reg_weight=float("nan")), ValueError, "`reg_weight` must be >= 0"),
+    (dict(eps=0.0), ValueError, "`eps` must be > 0 and finite, got 0.0"),
+    (dict(lr=float("inf")), ValueError, "`lr` must be >= 0 and finite"),
+    (dict(weight_decay=-0.1), ValueError, "`weight_decay` must be >= 0"),
+    (dict(beta2=1.0), ValueError, "`beta2` must be in \\[0, 1\\)"),
 ])
 def test_bad_input_names_the_argument(change, error, message):
     with pytest.raises(error, match=message):
