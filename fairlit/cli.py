@@ -7,6 +7,7 @@
 are printed as a table and written to `<log_dir>/metrics.json`.
 """
 import os
+import pickle
 import traceback
 import warnings
 
@@ -56,11 +57,15 @@ class FairlitCLI(LightningCLI):
         # and say which given model arguments are replaced, instead of dropping them silently.
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt or self.config[subcommand].get("model") is None:
+        given = self.config[subcommand].get("model") if ckpt else None
+        given = given.as_dict() if given is not None else None
+        try:
             super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+            raise ValueError(f"--ckpt_path {ckpt}: torch cannot read this file as a checkpoint "
+                             f"({type(error).__name__}); expected a .ckpt written by `fairlit fit`") from error
+        if given is None:
             return
-        given = self.config[subcommand].model.as_dict()
-        super()._parse_ckpt_path()
         loaded = self.config[subcommand].model.as_dict()
         if loaded.get("class_path") != given.get("class_path"):
             raise ValueError(f"--ckpt_path {ckpt} holds a {loaded.get('class_path')} model but the configuration "

@@ -63,3 +63,7 @@ def test_resume_refuses_another_method_or_other_data_and_names_replaced_argument
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*replace the given ones")
         main(fit_args(dataset, tmp_path, *resume))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="torch cannot read this file as a checkpoint"):
+        main(fit_args(dataset, tmp_path, "--ckpt_path", str(garbage)))

@@ -4,6 +4,7 @@ It owns the backbone, the loss hook, full-ranking (or sampled) evaluation throug
 DDP-correct metrics (torchmetrics sum states), and one helper for group state: sum a step's group
 statistics over all ranks, then apply the same deterministic update on every rank to checkpointed buffers.
 """
+import inspect
 import json
 import math
 import os
@@ -384,8 +385,17 @@ class RecModule(L.LightningModule):
         # host (a sync on GPU), and a NaN persists once it appears.
         if self.global_step % self.trainer.log_every_n_steps == 0:
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+                raise FloatingPointError(
+                    f"{type(self).__name__}: training loss is {loss.item()} at step {self.global_step}; the run "
+                    f"diverged: lower lr ({self.hparams.lr}) or the method's step sizes and weights "
+                    f"({self.numeric_method_arguments()})")
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+
+    def numeric_method_arguments(self) -> str:
+        """``name=value`` of the numeric hyper-parameters a subclass adds to RecModule's (for error messages)."""
+        base = inspect.signature(RecModule.__init__).parameters
+        return ", ".join(f"{name}={value}" for name, value in self.hparams.items()
+                         if name not in base and isinstance(value, (int, float)) and not isinstance(value, bool))
 
     def log_diagnostics(self, values: dict[str, float], step: int | None = None) -> None:
         """Diagnostics (one value per group per epoch, dual statistics per logging step) straight to the loggers,

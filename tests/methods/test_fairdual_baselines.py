@@ -182,3 +182,12 @@ def test_a_sequential_backbone_without_histories_names_history_length(tmp_path):
 def test_bad_hyper_parameters_are_refused_by_name(cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build(cls, **kwargs)
+
+
+def test_a_diverging_run_names_the_step_sizes_to_lower(tmp_path):
+    dm = datamodule(make_data(tmp_path))
+    model = Prop(lambda u, i: MF(u, i, dim=4), num_users=dm.num_users, num_items=dm.num_items,
+                 num_item_groups=dm.num_item_groups, eta=1000.0)  # exp(η·L_g) overflows
+    with pytest.raises(FloatingPointError, match=r"Prop: training loss is (nan|inf) at step 0; the run diverged: "
+                                                 r"lower lr \(0.001\) or .*eta=1000.0, beta=0.5"):
+        trainer(tmp_path, max_steps=2, log_every_n_steps=1).fit(model, datamodule=dm)
