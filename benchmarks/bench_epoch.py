@@ -24,8 +24,10 @@ from fairlit.methods import RecModule  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs to time (>= 1)")
     args, cli_args = parser.parse_known_args()
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs} (Lightning reads -1 as 'no limit')")
     cli = FairlitCLI(RecModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                      save_config_callback=None,
                      args=cli_args + ["--trainer.max_epochs", str(args.epochs), "--trainer.limit_val_batches", "0",

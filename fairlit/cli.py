@@ -77,6 +77,17 @@ class FairlitCLI(LightningCLI):
             warnings.warn(f"--ckpt_path {ckpt}: the checkpoint's model arguments replace the given ones: "
                           + ", ".join(replaced), stacklevel=1)
 
+    def before_validate(self) -> None:
+        self._warn_untrained("validate")
+
+    def before_test(self) -> None:
+        self._warn_untrained("test")
+
+    def _warn_untrained(self, subcommand: str) -> None:
+        if not self.config[subcommand].get("ckpt_path"):
+            warnings.warn(f"fairlit {subcommand} without --ckpt_path evaluates the model as initialised (untrained); "
+                          "pass the checkpoint that `fairlit fit` saved", stacklevel=1)
+
     def after_fit(self) -> None:
         ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)

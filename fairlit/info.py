@@ -1,4 +1,6 @@
 """`python -m fairlit.info`: versions and the backend each op uses (cuda, cpp or reference)."""
+import argparse
+
 import torch
 
 import fairlit
@@ -18,4 +20,5 @@ def report() -> str:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(prog="python -m fairlit.info", description=__doc__).parse_args()
     print(report())

@@ -63,6 +63,11 @@ def test_resume_refuses_another_method_or_other_data_and_names_replaced_argument
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*replace the given ones")
         main(fit_args(dataset, tmp_path, *resume))
+    with pytest.warns(UserWarning, match="test without --ckpt_path evaluates the model as initialised"):
+        main(["test", *fit_args(dataset, tmp_path)[1:]])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*evaluates the model as initialised")
+        main(["test", *fit_args(dataset, tmp_path, "--ckpt_path", str(ckpt))[1:]])
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="torch cannot read this file as a checkpoint"):

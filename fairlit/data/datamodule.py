@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
+import os
 import re
+import types
+import typing
 import warnings
 
 import lightning as L
@@ -21,6 +25,27 @@ from fairlit.data.pipeline import SPLIT_NAMES, Prepared, check_at_least, check_p
 from fairlit.data.sampling import build_csr, sample_negatives
 
 _PROTOCOL = re.compile(r"^(uni|pop)(\d+)$")
+
+
+def _has_type(value: object, hint: object) -> bool:
+    """Whether ``value`` fits an ``__init__`` annotation: ``int`` (not bool), ``float`` (any real number),
+    ``bool``, ``str`` (or a path), ``None``, a union of those, or a list/tuple for ``tuple[...]``/``list[...]``
+    (its elements are checked where they are used)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if hint is int:
+        return isinstance(value, numbers.Integral)
+    if hint is float:
+        return isinstance(value, numbers.Real)
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, (list, tuple))
 # __init__ arguments that build a Prepared (refused by from_prepared).
 _PREPROCESSING = {"dataset", "rating_threshold", "k_core", "user_core", "item_core", "core_iterated", "split",
                   "split_ratios", "item_group", "item_group_genres", "genre_field", "user_group",
@@ -100,6 +125,7 @@ class RecDataModule(L.LightningDataModule):
                  seed: int = 2020, item_group_min_size: int = 0):
         super().__init__()
         self.save_hyperparameters()
+        self._check_argument_types(self.hparams)
         self._check_loader_options()
         self._index(prepare(load_dataset(dataset), rating_threshold=rating_threshold,
                             user_core=k_core if user_core is None else user_core,
@@ -133,12 +159,24 @@ class RecDataModule(L.LightningDataModule):
         L.LightningDataModule.__init__(dm)
         dm.save_hyperparameters({name: p.default for name, p in params.items() if name != "self"}
                                 | {"dataset": None} | options)
+        dm._check_argument_types(options)
         dm._check_loader_options()
         check_prepared(prepared)
         if prepared.item_group is not None and prepared.item_group_csr is None:
             prepared = dataclasses.replace(prepared, item_group_csr=single_group_csr(prepared.item_group))
         dm._index(prepared)
         return dm
+
+    @staticmethod
+    def _check_argument_types(arguments: dict) -> None:
+        """Raise a ``TypeError`` naming the first argument whose value does not fit its annotation (the CLI's
+        parser checks this; a Python caller's "32" for batch_size, "no" for a flag or a list for dataset would
+        otherwise fail deep inside, or be read as True)."""
+        hints = typing.get_type_hints(RecDataModule.__init__)
+        for name, value in arguments.items():
+            if name in hints and not _has_type(value, hints[name]):
+                raise TypeError(f"RecDataModule: {name}={value!r} ({type(value).__name__}) does not fit its type "
+                                f"{hints[name]}")
 
     def _check_loader_options(self) -> None:
         hp = self.hparams

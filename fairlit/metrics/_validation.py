@@ -46,6 +46,14 @@ def check_integer(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
 
 
+def check_hits(name: str, hits: Tensor) -> None:
+    """Raise unless ``hits`` is a bool tensor (True = a relevant item at that rank): a float or int "hit" of 3
+    would count three times and give recall above 1."""
+    if hits.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor (True where the ranked item is relevant, e.g. from "
+                         f"hits_from_csr), got {hits.dtype}")
+
+
 def check_ids(name: str, ids: Tensor, bound: int | None, allow_padding: bool = False) -> None:
     """Raise unless ``ids`` is an integer tensor with values in ``[0, bound)`` (``bound=None``: no upper
     limit), or -1 where padding is allowed."""

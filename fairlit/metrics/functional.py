@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fairlit.metrics._validation import (
     check_csr,
+    check_hits,
     check_ids,
     check_integer,
     check_names,
@@ -92,10 +93,14 @@ def targets_per_group(
 def _check_user_inputs(hits: Tensor, num_relevant: Tensor) -> None:
     if hits.dim() != 2 or hits.shape[1] < 1:
         raise ValueError(f"hits must be [B, K] with K >= 1, got shape {tuple(hits.shape)}")
+    check_hits("hits", hits)
     check_shape("num_relevant", num_relevant, (hits.shape[0],))
     check_integer("num_relevant", num_relevant)
     if num_relevant.numel() and bool((num_relevant < 1).any()):
         raise ValueError("num_relevant must be >= 1 for every user; drop users without relevant items first")
+    if num_relevant.numel() and bool((hits.sum(1) > num_relevant).any()):
+        raise ValueError("hits has more hits in a row than that user's num_relevant relevant items: hits and "
+                         "num_relevant must describe the same targets")
 
 
 def _discounts(k: int, device: torch.device) -> Tensor:
@@ -112,7 +117,7 @@ def _precision(hits: Tensor, num_relevant: Tensor) -> Tensor:
 
 def _ndcg(hits: Tensor, num_relevant: Tensor) -> Tensor:
     disc = _discounts(hits.shape[1], hits.device)
-    ideal = disc.cumsum(0)[num_relevant.clamp(max=hits.shape[1]) - 1]
+    ideal = disc.cumsum(0)[num_relevant.clamp(max=hits.shape[1]).long() - 1]  # long: a uint8 index is a mask
     return (hits * disc).sum(1) / ideal
 
 

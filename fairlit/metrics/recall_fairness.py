@@ -9,7 +9,15 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from fairlit.metrics import functional as F
-from fairlit.metrics._validation import check_ids, check_ks, check_num_groups, check_ratio, check_shape, check_topk
+from fairlit.metrics._validation import (
+    check_hits,
+    check_ids,
+    check_ks,
+    check_num_groups,
+    check_ratio,
+    check_shape,
+    check_topk,
+)
 
 
 class _ItemGroupRecallBase(Metric):
@@ -39,6 +47,7 @@ class _ItemGroupRecallBase(Metric):
         check_topk("topk_items", topk_items, max(self.ks))
         check_ids("topk_items", topk_items, self.item_group.numel(), allow_padding=True)
         check_shape("hits", hits, tuple(topk_items.shape))
+        check_hits("hits", hits)
         relevant = F.targets_per_group(target_indptr, target_indices, self.item_group, self.num_item_groups)
         batch, kmax = topk_items.shape
         num_l, num_q = len(self.ks), self.num_item_groups
@@ -49,7 +58,11 @@ class _ItemGroupRecallBase(Metric):
         flat = torch.arange(num_l, device=hits.device)[:, None, None] * (batch * num_q) + cell
         out = torch.zeros(num_l * batch * num_q, dtype=torch.float64, device=hits.device)
         out.index_add_(0, flat.flatten(), counted.flatten().to(torch.float64))
-        return out.view(num_l, batch, num_q), relevant
+        hit_counts = out.view(num_l, batch, num_q)
+        if bool((hit_counts[-1] > relevant).any()):  # would give a group recall above 1 (inf without targets)
+            raise ValueError("hits marks more items of an item group in a row than the row's targets hold: hits "
+                             "must come from these topk_items and targets (hits_from_csr)")
+        return hit_counts, relevant
 
 
 class GroupRecall(_ItemGroupRecallBase):

@@ -92,6 +92,13 @@ def non_negative(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"`{name}` must be >= 0, got min {t.min().item()!r}")
 
 
+def unit_interval(name: str, t: torch.Tensor) -> None:
+    """Reject values outside [0, 1] (NaN and ±inf included): fractions."""
+    non_negative(name, t)
+    if t.numel() and _reads_values() and bool((t > 1).any()):
+        raise ValueError(f"`{name}` must be in [0, 1], got max {t.max().item()!r}")
+
+
 def csr(indptr_name: str, indptr: torch.Tensor, indices_name: str, indices: torch.Tensor, rows: int, rows_doc: str,
         cols: int, what: str, validate: bool) -> None:
     """Check a CSR structure of `rows` rows whose column ids (`what`) lie in [0, cols)."""

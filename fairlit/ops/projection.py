@@ -103,7 +103,7 @@ def check_dual_state(mu: torch.Tensor, named: tuple[tuple[str, torch.Tensor], ..
                      alpha: float, metric: str, target: str, validate: bool) -> None:
     """Arguments of FairDual's dual update: `metric`/`target` names, λ ≥ 0, η > 0, α ∈ (0, 1], μ a [G] float32/64
     tensor and every ``(name, tensor)`` of `named` (which holds ``mhat`` and ``rho``) [G] like it, one dtype and
-    device; with `validate` finite μ, m̂ > 0, finite ρ >= 0 and finite others (a host sync on CUDA)."""
+    device; with `validate` finite μ, m̂ > 0, finite ρ, d >= 0 and finite others (a host sync on CUDA)."""
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
     if target not in TARGETS:
@@ -122,7 +122,7 @@ def check_dual_state(mu: torch.Tensor, named: tuple[tuple[str, torch.Tensor], ..
     if validate:
         _check_values(mu, dict(named)["mhat"], None)  # finite μ, m̂ > 0
         for name, t in named:
-            if name == "rho":
+            if name in ("rho", "share"):
                 check.non_negative(name, t)
             elif name != "mhat":
                 check.finite(name, t)
@@ -147,8 +147,9 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
         mu: [G] duals μ (float32 or float64, contiguous), updated in place.
         gmom: [G] momentum g, updated in place.
         gamma: [G] remaining budget γ, updated in place (only read with ``target="remaining"``).
-        share: [G] d, the batch's per-slot group share D / (B·K).
-        batch_fraction: f = B / N, the batch's share of an epoch: a float or a one-element tensor (no sync).
+        share: [G] d >= 0, the batch's per-slot group share D / (B·K).
+        batch_fraction: f = B / N in [0, 1], the batch's share of an epoch: a float or a one-element tensor (no
+            sync).
         rho: [G] budget shares ρ >= 0 (the constant target).
         mhat: [G] weights m̂ > 0 of M and of the mirror metric.
         lam: λ ≥ 0, radius of M.
@@ -156,7 +157,7 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
         alpha: α ∈ (0, 1], weight of the new gradient in the momentum.
         metric: ``"weighted"`` or ``"euclid"``.
         target: ``"remaining"`` or ``"constant"``.
-        validate: check values (m̂ > 0, finite ρ >= 0, finite d, μ, g, γ and f; a host sync on CUDA). Shapes,
+        validate: check values (m̂ > 0, finite ρ, d >= 0, f in [0, 1], finite μ, g, γ; a host sync on CUDA). Shapes,
             dtypes, devices and the Python numbers are always checked.
 
     Returns:
@@ -165,6 +166,7 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
     check_dual_state(mu, (("gmom", gmom), ("gamma", gamma), ("share", share), ("rho", rho), ("mhat", mhat)), lam,
                      eta, alpha, metric, target, validate)
     if not isinstance(batch_fraction, torch.Tensor):
+        check.numbers(("batch_fraction", batch_fraction, 0 <= batch_fraction <= 1, "in [0, 1]"))
         batch_fraction = torch.full((), float(batch_fraction), dtype=mu.dtype, device=mu.device)  # no H2D copy
     check.floating("batch_fraction", batch_fraction)
     if batch_fraction.numel() != 1:
@@ -172,7 +174,7 @@ def dual_mirror_step(mu: torch.Tensor, gmom: torch.Tensor, gamma: torch.Tensor, 
     check.same_dtype(("mu", mu), ("batch_fraction", batch_fraction))
     check.same_device(("mu", mu), ("batch_fraction", batch_fraction))
     if validate:
-        check.finite("batch_fraction", batch_fraction)
+        check.unit_interval("batch_fraction", batch_fraction)
     args = (mu, gmom, gamma, share, batch_fraction, rho, mhat, float(lam), float(eta), float(alpha),
             metric == "weighted", target == "remaining")
     with torch.no_grad():

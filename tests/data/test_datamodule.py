@@ -186,6 +186,14 @@ def _item_table(folder):
     ({"item_group": "genre_exclusive", "item_group_genres": ["Western"]}, ValueError, "Western.*not present"),
     ({"user_group": "zip_code"}, ValueError, "user_group"),
     ({"dataset": "does-not-exist"}, ValueError, "built-in"),
+    # Python callers: values of the wrong type are named (the CLI's parser refuses them itself).
+    ({"batch_size": "32"}, TypeError, r"batch_size='32' \(str\) does not fit its type <class 'int'>"),
+    ({"batch_size": True}, TypeError, "batch_size=True"),
+    ({"k_core": 2.5}, TypeError, "k_core=2.5"),
+    ({"exclude_valid_at_test": "no"}, TypeError, "exclude_valid_at_test='no'"),
+    ({"rating_threshold": "3"}, TypeError, "rating_threshold='3'"),
+    ({"split_ratios": "0.8,0.1,0.1"}, TypeError, "split_ratios="),
+    ({"item_group": "genre_exclusive", "item_group_genres": "Action"}, TypeError, "item_group_genres='Action'"),
 ])
 def test_bad_options(tiny, kwargs, error, match):
     kwargs = {"dataset": str(tiny), **kwargs}

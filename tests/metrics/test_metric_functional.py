@@ -93,11 +93,22 @@ def test_per_user_rejects_users_without_relevant_items_and_bad_shapes():
     with pytest.raises(ValueError, match="hits"):
         F.mrr_at_k(torch.ones(3, dtype=torch.bool), torch.tensor([1, 1, 1]))
     with pytest.raises(ValueError, match="metrics"):
-        F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([1]), [1], ("f1",))
+        F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([3]), [1], ("f1",))
     with pytest.raises(ValueError, match="largest k"):
-        F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([1]), [4], ("recall",))
+        F.per_user_metrics(torch.ones(1, 3, dtype=torch.bool), torch.tensor([3]), [4], ("recall",))
     with pytest.raises(ValueError, match="num_relevant must be an integer tensor, got torch.float32"):
         F.ndcg_at_k(torch.ones(2, 3, dtype=torch.bool), torch.tensor([1.0, 2.0]))
+    # A count or score as a "hit" counted several times (recall 5); more hits than relevant items (recall 2).
+    with pytest.raises(ValueError, match="hits must be a bool tensor"):
+        F.recall_at_k(torch.tensor([[5, 0, 0]]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="more hits in a row than that user's num_relevant"):
+        F.recall_at_k(torch.tensor([[True, False, True]]), torch.tensor([1]))
+
+
+def test_a_uint8_num_relevant_is_a_count_not_a_mask():
+    hits = torch.tensor([[True, False, True], [False, True, False]])
+    torch.testing.assert_close(F.ndcg_at_k(hits, torch.tensor([2, 1], dtype=torch.uint8)),
+                               F.ndcg_at_k(hits, torch.tensor([2, 1])))
 
 
 def test_per_user_empty_batch():

@@ -101,6 +101,11 @@ def test_group_recall_rejects_bad_input():
         metric.update(topk, torch.ones(1, 1, dtype=torch.bool), indptr, torch.tensor([5]))
     with pytest.raises(ValueError, match="item_group"):
         GroupRecall(torch.tensor([0, 3]), 2)
+    with pytest.raises(ValueError, match="hits must be a bool tensor"):
+        metric.update(topk, torch.ones(1, 1), indptr, indices)
+    # Item 1 (group 1) marked as a hit although the row's only target is item 0: recall of group 1 was inf.
+    with pytest.raises(ValueError, match="more items of an item group in a row than the row's targets hold"):
+        metric.update(torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), indptr, indices)
 
 
 @SETTINGS
