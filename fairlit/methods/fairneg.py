@@ -137,7 +137,8 @@ class FairNeg(BPR):
             item_group_csr: item->groups CSR; every item must have exactly one group.
 
         Raises:
-            ValueError: multi-group items, a group without items, or a user with no candidate negative.
+            ValueError: multi-group items, a group without items or without training interactions, or a user with
+                no candidate negative.
         """
         groups, num_items = self.hparams.num_item_groups, self.hparams.num_items
         # Built on CPU whatever the inputs' device (one-time set-up; `_t` moves what training reads).
@@ -149,6 +150,11 @@ class FairNeg(BPR):
         if bool((grp_size == 0).any()):
             empty = torch.nonzero(grp_size == 0).flatten().tolist()
             raise ValueError(f"item group(s) {empty} have no items; FairNeg's Eq. 6 is undefined for them")
+        train_size = torch.bincount(item_group[train_items], minlength=groups)
+        if bool((train_size == 0).any()):
+            empty = torch.nonzero(train_size == 0).flatten().tolist()
+            raise ValueError(f"item group(s) {empty} have items but no training interaction; FairNeg's group loss "
+                             "(Eq. 6, a mean over the group's training positives) is undefined for them")
         indptr, indices = train_csr
         rows = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr.diff())
         pos_cnt = torch.zeros(len(indptr) - 1, groups, dtype=torch.long).index_put_(
@@ -165,7 +171,7 @@ class FairNeg(BPR):
                       "neg_group_count": torch.zeros(groups, dtype=torch.float64)}
         if float(self.p.sum()) == 0.0:  # not set yet (a checkpoint restored later overrides this)
             fairstatic = self.hparams.init == "fairstatic"
-            share = torch.bincount(item_group[train_items], minlength=groups) if fairstatic else grp_size
+            share = train_size if fairstatic else grp_size
             self.p.copy_(share.double() / share.sum())
 
     def _t(self, name: str) -> Tensor:

@@ -149,6 +149,9 @@ def test_bad_data(dm):
     with pytest.raises(ValueError, match="negative pool is empty"):
         m.set_training_data(torch.zeros(dm.num_items, dtype=torch.long), torch.arange(dm.num_items), full,
                             dm.item_group)
+    keep = dm.item_group[dm.train_items] != 1  # group 1 keeps its items but loses its training positives
+    with pytest.raises(ValueError, match=r"item group\(s\) \[1\] have items but no training interaction"):
+        m.set_training_data(dm.train_users[keep], dm.train_items[keep], dm.train_csr, dm.item_group)
     with pytest.raises(ValueError, match="binary"):
         module(dm, MeanScoreReg)
 
