@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine, markdown_table, peak_memory_mb, time_ms, write_section  # noqa: E402
+from harness import check_arguments, machine, markdown_table, peak_memory_mb, time_ms, write_section  # noqa: E402
 
 from fairlit import ops  # noqa: E402
 from fairlit.models import LightGCN  # noqa: E402
@@ -438,6 +438,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("--devices", nargs="*", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     args = parser.parse_args()
+    check_arguments(parser, args.devices, args.out)
     print(ops.backend("group_sum"), ops.backend("topk_scores"))
     for device in args.devices:
         text = run(device, args.quick)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import write_section  # noqa: E402
+from harness import check_arguments, write_section  # noqa: E402
 
 from fairlit import ops  # noqa: E402
 from fairlit.ops import reference as ref  # noqa: E402
@@ -216,6 +216,9 @@ def main():
     parser.add_argument("--out", default=None, help="write the markdown table here")
     parser.add_argument("--dense-budget-gb", type=float, default=8.0)
     args = parser.parse_args()
+    check_arguments(parser, [args.device], args.out)
+    if args.dense_budget_gb <= 0:
+        parser.error(f"--dense-budget-gb must be > 0, got {args.dense_budget_gb}")
     device = torch.device(args.device)
     _fix_mmap_threshold()
     budget = args.dense_budget_gb * 2**30

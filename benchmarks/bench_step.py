@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ops import dual_signal_impls  # noqa: E402
-from harness import machine, markdown_table, time_ms, write_section  # noqa: E402
+from harness import check_arguments, machine, markdown_table, time_ms, write_section  # noqa: E402
 
 from fairlit import ops  # noqa: E402
 from fairlit.methods import BPR, FairDual  # noqa: E402
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the table into this file (a marked section)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    check_arguments(parser, [args.device], args.out)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     text = run(args.device)
     print(text)

@@ -92,3 +92,15 @@ def write_section(path: str, marker: str, text: str) -> None:
         new = old.rstrip() + "\n\n" + block + "\n"
     with open(path, "w") as f:
         f.write(new)
+
+
+def check_arguments(parser, devices: list[str], out: str | None) -> None:
+    """Refuse (through `parser.error`, before anything runs) a device other than cpu/cuda, cuda without a GPU,
+    and an output file whose folder does not exist."""
+    for device in devices:
+        if device not in ("cpu", "cuda"):
+            parser.error(f"device {device!r}: expected 'cpu' or 'cuda'")
+        if device == "cuda" and not torch.cuda.is_available():
+            parser.error(f"device 'cuda': this torch ({torch.__version__}) sees no CUDA GPU")
+    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        parser.error(f"--out {out}: its folder does not exist")

@@ -15,6 +15,7 @@ works but takes much longer.
 """
 import argparse
 import csv
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,16 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 300])
     parser.add_argument("--png", type=Path, default=Path("docs/fairdual_jensen_gap.png"))
     args = parser.parse_args()
+    for name, value, low in (("users", args.users, 1), ("items", args.items, 1), ("groups", args.groups, 1),
+                             ("k", args.k, 1), ("passes", args.passes, 1), ("seeds", args.seeds, 1)):
+        if value < low:
+            parser.error(f"--{name} must be >= {low}, got {value}")
+    if args.groups > args.items or args.k > args.items:
+        parser.error(f"--groups ({args.groups}) and --k ({args.k}) must be at most --items ({args.items})")
+    if min(args.batch_sizes) < 1 or args.lam < 0 or args.eta <= 0:
+        parser.error("--batch-sizes must be >= 1, --lam >= 0 and --eta > 0")
+    if importlib.util.find_spec("matplotlib") is None:  # checked first: the LPs take minutes before the plot
+        parser.error("needs matplotlib for the plot (pip install matplotlib)")
     rows = []
     for seed in range(args.seeds):
         c, a, share = instance(args.users, args.items, args.groups, seed)
