@@ -106,6 +106,9 @@ def test_group_recall_rejects_bad_input():
     # Item 1 (group 1) marked as a hit although the row's only target is item 0: recall of group 1 was inf.
     with pytest.raises(ValueError, match="more items of an item group in a row than the row's targets hold"):
         metric.update(torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), indptr, indices)
+    unsorted = GroupRecall(torch.tensor([0, 1]), 2, ks=[2, 1])  # the extra hit is only within the first cutoff
+    with pytest.raises(ValueError, match="more items of an item group in a row than the row's targets hold"):
+        unsorted.update(torch.tensor([[0, 1]]), torch.ones(1, 2, dtype=torch.bool), indptr, indices)
 
 
 @SETTINGS
